@@ -1,0 +1,40 @@
+# megarank: `make pretrain` trains the default config (installing into .venv first if needed); `make test`
+# runs the suite. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# DeepSpeed JIT-builds its CPU comm op on first use: keep it inside .venv, built once by `make install`.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+
+CONFIG ?= configs/default.yaml
+OVERRIDES ?=
+# Processes on this machine: every local GPU, or NPROC CPU processes where there is none.
+NPROC ?= 1
+GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+NUM_PROCS := $(if $(filter-out 0,$(GPUS)),$(GPUS),$(NPROC))
+MASTER_PORT ?= 29500
+
+.PHONY: install pretrain test bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The pinned build installs from local disk here and runs CUDA on a GPU cluster.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
+	touch $(STAMP)
+
+pretrain: $(STAMP)
+	$(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT) --module megarank.train $(CONFIG) $(OVERRIDES)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+clean-venv:
+	rm -rf $(VENV)

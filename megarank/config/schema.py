@@ -1,0 +1,213 @@
+"""The experiment config: nested dataclasses, one per component, a docstring on every field.
+
+YAML files under configs/ are merged onto these classes by OmegaConf (see load.py), so an unknown key or a
+value of the wrong type fails before anything runs. Each dataclass checks what it can see alone in
+__post_init__; checks that span sections (and need the world size) live in validate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megarank.errors import MegarankError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MegarankError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only GPT (pre-LayerNorm, GELU MLP, separate q/k/v/o projections)."""
+
+    n_layers: int = 12
+    """Number of transformer blocks."""
+    d_model: int = 768
+    """Residual stream width."""
+    n_heads: int = 12
+    """Attention heads per layer; d_head = d_model / n_heads."""
+    d_ff: Optional[int] = None
+    """MLP hidden width; None means 4 * d_model."""
+    seq_len: int = 1024
+    """Training context length in tokens."""
+    max_positions: Optional[int] = None
+    """Size of the learned position table; None means seq_len. seq_len may not exceed it."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size; None takes it from the data's tokenizer."""
+    position: str = "learned"
+    """'learned' (GPT-2 absolute table) or 'rotary' (RoPE on q and k)."""
+    rope_base: float = 10000.0
+    """RoPE frequency base (position=rotary only)."""
+    bias: bool = False
+    """Biases in the linear layers and LayerNorms."""
+    tie_embeddings: bool = True
+    """LM head shares the token-embedding matrix."""
+    dropout: float = 0.0
+    """Dropout on attention probabilities and residual branches."""
+    norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal init; residual output projections get init_std / sqrt(2 * n_layers) (GPT-2)."""
+    attn_backend: str = "auto"
+    """'auto' (flash_attn if installed and on GPU, else SDPA), 'flash', 'sdpa' or 'math'."""
+
+    def __post_init__(self) -> None:
+        _require(self.position in ("learned", "rotary"),
+                 f"model.position must be 'learned' or 'rotary', got '{self.position}'")
+        _require(self.attn_backend in ("auto", "flash", "sdpa", "math"),
+                 f"model.attn_backend must be auto|flash|sdpa|math, got '{self.attn_backend}'")
+        for name in ("n_layers", "d_model", "n_heads", "seq_len"):
+            _require(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        _require(self.d_model % self.n_heads == 0,
+                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                 "pick n_heads that divides d_model")
+        if self.max_positions is not None:
+            _require(self.seq_len <= self.max_positions,
+                     f"model.seq_len={self.seq_len} is beyond the position table "
+                     f"(model.max_positions={self.max_positions}); lower seq_len or raise max_positions")
+        _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    """Where the token shards come from."""
+
+    path: Optional[str] = None
+    """Directory made by tools/preprocess.py (with train/ and optionally val/ shards); None uses the embedded
+    default corpus: the running Python's standard-library source, tokenized on first use and cached."""
+    tokenizer_vocab: int = 4096
+    """Vocabulary of the sentencepiece model trained for the embedded corpus."""
+    cache_dir: str = "~/.cache/megarank"
+    """Where the embedded corpus' tokenizer and shards are cached."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (or Adam + L2) with separate decay per parameter role, and the LR schedule."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup_start_lr: float = 1e-6
+    """Learning rate at step 0; it rises linearly to lr over warmup_steps."""
+    warmup_steps: int = 8000
+    """Linear warm-up length in optimizer steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at min_lr_ratio * lr at train.max_steps."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.95
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    wd_attn: float = 0.1
+    """Weight decay of the attention weights W_Q, W_K, W_V, W_O."""
+    wd_mlp: float = 0.1
+    """Weight decay of the MLP weights fc_in, fc_out."""
+    wd_other: float = 0.1
+    """Weight decay of the token/position embeddings and the LM head."""
+    decoupled: bool = True
+    """True: AdamW, decay applied to the weights (w -= lr * wd * w). False: Adam with L2 added to the gradient
+    (g += wd * w) per group."""
+    grad_clip: float = 1.0
+    """Clip gradients to this global norm (0 disables)."""
+
+    def __post_init__(self) -> None:
+        for name in ("wd_attn", "wd_mlp", "wd_other"):
+            _require(getattr(self, name) >= 0, f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: batch sizes, length, logging, evaluation, precision."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for (the schedule ends here)."""
+    micro_batch: int = 8
+    """Sequences per process per forward/backward."""
+    global_batch: int = 128
+    """Sequences per optimizer step over all processes; gradient accumulation fills the gap."""
+    run_dir: str = "runs/default"
+    """Where config.yaml, metrics.jsonl, TensorBoard events and (by default) checkpoints go."""
+    resume: str = "auto"
+    """'auto': latest complete checkpoint in checkpoint.dir if any; 'none': start fresh (refuses a run dir
+    that already has checkpoints); or a path to one checkpoint tag directory."""
+    log_every: int = 1
+    """Write a metrics record every this many steps."""
+    eval_every: int = 100
+    """Validation every this many steps (and at the end); 0 disables."""
+    eval_batches: int = 8
+    """Micro batches per process in one validation pass."""
+    precision: str = "auto"
+    """'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'fp32'."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        _require(self.resume != "", "train.resume must be 'auto', 'none' or a checkpoint path")
+        _require(self.precision in ("auto", "bf16", "fp32"),
+                 f"train.precision must be auto|bf16|fp32, got '{self.precision}'")
+        for name in ("max_steps", "micro_batch", "global_batch", "log_every"):
+            _require(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class ZeroConfig:
+    """DeepSpeed ZeRO sharding of optimizer state (1), gradients (2) and parameters (3)."""
+
+    stage: int = 1
+    """ZeRO stage 0-3."""
+
+    def __post_init__(self) -> None:
+        _require(self.stage in (0, 1, 2, 3), f"zero.stage must be 0, 1, 2 or 3, got {self.stage}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Sharded DeepSpeed checkpoints."""
+
+    every: int = 500
+    """Save every this many steps (and always at the end); 0 saves only at the end."""
+    dir: str = "${train.run_dir}/checkpoints"
+    """Checkpoint directory; one global_step<N>/ tag per save."""
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+
+
+@dataclass
+class ParallelConfig:
+    """Process layout. The data-parallel size is world_size / tp."""
+
+    tp: int = 1
+    """Tensor-parallel size (Megatron-style, inside a node)."""
+
+    def __post_init__(self) -> None:
+        _require(self.tp >= 1, f"parallel.tp must be >= 1, got {self.tp}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: every section, composed from configs/ parts and CLI overrides."""
+
+    seed: int = 1234
+    """Seed of the model init and the data order."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -1,0 +1,1 @@
+"""Optimizer pieces megarank adds around DeepSpeed's AdamW: role-based decay groups and the LR schedule."""

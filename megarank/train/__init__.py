@@ -1,0 +1,1 @@
+"""Training: process group, DeepSpeed engine, the loop, checkpoints, metrics and preemption."""

@@ -1,0 +1,121 @@
+"""Sharded checkpoints through DeepSpeed's own save/load, made crash-safe and resumable bit for bit.
+
+Layout of checkpoint.dir (DeepSpeed's, so its tools such as zero_to_fp32.py read it):
+    global_step<N>/            one tag per save: DeepSpeed's model/optimizer shards
+        rng_rank<R>.pt         this rank's RNG states (DeepSpeed does not save them)
+        megarank_complete.json written last, by rank 0, after every rank finished: the tag's commit marker
+    latest                     name of the newest complete tag (written atomically, for DeepSpeed's tools)
+
+A tag without the marker was cut short (SIGKILL mid-save) and is never resumed from; `auto` picks the newest
+complete tag. Nothing is overwritten except such an incomplete leftover of the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megarank.errors import MegarankError
+
+COMPLETE_MARKER = "megarank_complete.json"
+_TAG = re.compile(r"^global_step(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, tag dir) of every complete checkpoint, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for child in ckpt_dir.iterdir():
+        match = _TAG.match(child.name)
+        if match and (child / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
+    """The tag directory to resume from, or None to start fresh; checked before anything is written."""
+    existing = complete_checkpoints(ckpt_dir)
+    if resume == "auto":
+        return existing[-1][1] if existing else None
+    if resume == "none":
+        if existing:
+            raise MegarankError(f"checkpoint.dir '{ckpt_dir}' already holds checkpoints and train.resume=none "
+                                "would overwrite them; use train.resume=auto or another train.run_dir")
+        return None
+    tag_dir = Path(resume)
+    if not (tag_dir / COMPLETE_MARKER).is_file():
+        raise MegarankError(f"train.resume='{resume}' is not a complete megarank checkpoint (no {COMPLETE_MARKER}); "
+                            f"point it at a global_step<N> directory or use train.resume=auto")
+    return tag_dir
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict) -> Path:
+    """Collective: every rank writes its shards; the tag becomes visible to resume only when all have."""
+    rank = dist.get_rank()
+    tag = tag_for(step)
+    tag_dir = ckpt_dir / tag
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tag_dir.exists():  # only an incomplete leftover can be here: complete tags are never re-saved
+            shutil.rmtree(tag_dir)
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tag_dir / f".rng_rank{rank}.pt.tmp"
+    torch.save(_rng_state(), tmp)
+    os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        marker = {"step": step, "time": time.time(), **meta}
+        _atomic_write_text(tag_dir / COMPLETE_MARKER, json.dumps(marker, indent=2))
+        _atomic_write_text(ckpt_dir / "latest", tag)
+    dist.barrier()
+    return tag_dir
+
+
+def load_checkpoint(engine, tag_dir: Path) -> dict:
+    """Load shards, optimizer and scheduler state and this rank's RNG; returns megarank's client state."""
+    _, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+    if client_state is None or "megarank" not in client_state:
+        raise MegarankError(f"'{tag_dir}' could not be loaded as a megarank checkpoint; check the path and "
+                            "that it was written by megarank-train")
+    rng_file = tag_dir / f"rng_rank{dist.get_rank()}.pt"
+    if rng_file.is_file():  # absent when resuming on more ranks than saved: fresh streams then
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return client_state["megarank"]

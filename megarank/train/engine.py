@@ -1,0 +1,72 @@
+"""The DeepSpeed engine: our config sections -> a DeepSpeed config dict -> deepspeed.initialize.
+
+DeepSpeed owns the optimizer (AdamW, or Adam + L2 when optim.decoupled is false), ZeRO sharding, gradient
+accumulation, clipping, bf16 and the checkpoint format. We hand it the role-based param groups (each with its
+own weight_decay) and the LR schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import torch
+from torch import nn
+
+from megarank.config.schema import ExperimentConfig
+from megarank.optim.groups import build_param_groups, describe_groups
+from megarank.optim.schedule import warmup_cosine
+
+
+def use_bf16(cfg: ExperimentConfig, device: torch.device) -> bool:
+    if cfg.train.precision == "auto":
+        return device.type == "cuda"
+    return cfg.train.precision == "bf16"
+
+
+def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.device) -> dict:
+    """The DeepSpeed JSON config for this experiment (saved beside the run for reference)."""
+    optim = cfg.optim
+    on_cpu = device.type == "cpu"
+    return {
+        "train_batch_size": cfg.train.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW" if optim.decoupled else "Adam",
+            "params": {
+                "lr": optim.lr,
+                "betas": [optim.beta1, optim.beta2],
+                "eps": optim.eps,
+                "weight_decay": 0.0,  # every group carries its own (optim/groups.py)
+                # adam_w_mode false makes DeepSpeed's Adam add wd * w to the gradient (L2) instead of decaying
+                "adam_w_mode": optim.decoupled,
+                # torch's Adam(W) on CPU: bit-exact resume, and no FusedAdam JIT build
+                "torch_adam": on_cpu,
+            },
+        },
+        "zero_optimization": {"stage": cfg.zero.stage},
+        "bf16": {"enabled": use_bf16(cfg, device)},
+        "steps_per_print": 10**12,  # megarank logs for itself
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, device: torch.device, mpu=None):
+    """deepspeed.initialize with role-based decay groups; returns (engine, description of the groups).
+
+    The description is taken before DeepSpeed sees the groups: ZeRO flattens each group's tensors in place."""
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    groups = build_param_groups(model, cfg.optim)
+    description = describe_groups(groups)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        lr_scheduler=partial(warmup_cosine, cfg=cfg.optim, total_steps=cfg.train.max_steps),
+        config=deepspeed_config(cfg, grad_accum=grad_accum, device=device),
+        mpu=mpu,
+    )
+    return engine, description

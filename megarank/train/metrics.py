@@ -1,0 +1,52 @@
+"""Run metrics to TensorBoard and <run_dir>/metrics.jsonl, from rank 0 only.
+
+On resume from step N, records after N (written by the attempt that was cut off) are dropped from
+metrics.jsonl and TensorBoard is told to purge them, so every step appears once (cf. Megatron #6237).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._drop_records_after(start_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        self._file = self.path.open("a")
+
+    def _drop_records_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        """record holds 'step' and scalar values; each scalar also goes to TensorBoard under its key."""
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                self._tb.add_scalar(tag, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()

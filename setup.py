@@ -1,0 +1,38 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+?)"', Path("megarank/__init__.py").read_text()).group(1)
+
+setup(
+    name="megarank",
+    version=VERSION,
+    description="GPT/ViT pretraining with separate attention/MLP weight decay, and attention rank analysis",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megarank", "megarank.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "sentencepiece>=0.2",
+        "datasets>=2.19",
+        "zstandard>=0.22",  # the Pile's .jsonl.zst
+        "omegaconf>=2.3",
+        "tensorboard>=2.16",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "transformers>=4.40", "scikit-learn>=1.4"],
+        "flash": ["flash-attn>=2.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "megarank-train=megarank.cli:train_main",
+        ],
+    },
+)
