@@ -1,0 +1,53 @@
+"""Launch real training runs in 1 or more CPU processes through the entry points a user runs, and read
+what they wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+# The tiny GPT every multi-process test trains: a few seconds for a handful of steps.
+TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.seq_len=16", "train.micro_batch=2",
+        "train.global_batch=8", "optim.warmup_steps=2", "train.eval_every=0", "train.progress=false",
+        "train.precision=fp32", "optim.wd_attn=0.1", "optim.wd_mlp=0.05", "optim.wd_other=0.01"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
+    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher."""
+    if nproc == 1:
+        return [sys.executable, "-m", "megarank.train", config, *overrides]
+    return [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
+            "--module", "megarank.train", config, *overrides]
+
+
+def run_training(run_dir: Path, corpus: Path, *extra: str, nproc: int = 1, config: str = "configs/default.yaml",
+                 check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    overrides = [*TINY, f"data.path={corpus}", f"train.run_dir={run_dir}", *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(train_command(nproc, config, overrides), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
