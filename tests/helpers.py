@@ -20,6 +20,22 @@ TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.seq_le
         "train.precision=fp32", "optim.wd_attn=0.1", "optim.wd_mlp=0.05", "optim.wd_other=0.01"]
 
 
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a launched run: without the process-group variables an in-process test may have
+    set (a child would otherwise try to join the pytest process's store)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_cli(*args: str, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
+    """`python -m megarank.train ARGS` in one process, output captured."""
+    return subprocess.run([sys.executable, "-m", "megarank.train", *args], cwd=REPO, env=clean_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,8 +53,7 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
 def run_training(run_dir: Path, corpus: Path, *extra: str, nproc: int = 1, config: str = "configs/default.yaml",
                  check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     overrides = [*TINY, f"data.path={corpus}", f"train.run_dir={run_dir}", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(train_command(nproc, config, overrides), cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run(train_command(nproc, config, overrides), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -3,12 +3,9 @@ no traceback, and nothing in an existing run directory touched."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import REPO, TINY
+from tests.helpers import TINY, run_cli
 
 
 @pytest.fixture
@@ -35,9 +32,7 @@ def test_bad_input_is_one_line_error(case, existing_run, tiny_corpus):
     overrides, expected = CASES[case]
     before = {p.name: p.read_text() for p in existing_run.iterdir()}
     data = [] if case == "missing data path" else [f"data.path={tiny_corpus}"]
-    proc = subprocess.run([sys.executable, "-m", "megarank.train", "configs/default.yaml", *TINY, *data,
-                           f"train.run_dir={existing_run}", *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_cli("configs/default.yaml", *TINY, *data, f"train.run_dir={existing_run}", *overrides)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
@@ -46,15 +41,13 @@ def test_bad_input_is_one_line_error(case, existing_run, tiny_corpus):
 
 
 def test_missing_config_file(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "megarank.train", str(tmp_path / "nope.yaml")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "nope.yaml' not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_resume_none_refuses_to_overwrite_checkpoints(reference_run, tiny_corpus):
     before = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
-    proc = subprocess.run([sys.executable, "-m", "megarank.train", "configs/default.yaml", *TINY,
-                           f"data.path={tiny_corpus}", f"train.run_dir={reference_run}", "train.resume=none"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_cli("configs/default.yaml", *TINY, f"data.path={tiny_corpus}", f"train.run_dir={reference_run}",
+                   "train.resume=none")
     assert proc.returncode == 2 and "train.resume=none would overwrite them" in proc.stderr
     assert sorted(p.name for p in (reference_run / "checkpoints").iterdir()) == before

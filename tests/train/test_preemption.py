@@ -5,21 +5,20 @@ the uninterrupted reference bit for bit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 from megarank.train.checkpoint import COMPLETE_MARKER, complete_checkpoints
-from tests.helpers import REPO, TINY, read_metrics, run_training, train_losses
+from tests.helpers import REPO, TINY, clean_env, read_metrics, run_training, train_losses
 
 
 def test_sigterm_saves_and_exits_cleanly(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "megarank.train", "configs/default.yaml", *TINY, f"data.path={tiny_corpus}",
            f"train.run_dir={run_dir}", "train.max_steps=100000", "checkpoint.every=0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -44,7 +43,7 @@ def test_sigkill_during_save_falls_back_to_previous(reference_run, tiny_corpus, 
     overrides = [*TINY, f"data.path={tiny_corpus}", f"train.run_dir={run_dir}", "train.max_steps=8",
                  "checkpoint.every=4", "zero.stage=1"]
     killed = subprocess.run([sys.executable, str(REPO / "tests/train/kill_during_save.py"), "configs/default.yaml",
-                             *overrides], cwd=REPO, env={**os.environ, "KILL_DURING_SAVE_TAG": "global_step8"},
+                             *overrides], cwd=REPO, env=clean_env(KILL_DURING_SAVE_TAG="global_step8"),
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     half_written = run_dir / "checkpoints" / "global_step8"
