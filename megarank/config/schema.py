@@ -35,7 +35,11 @@ class ModelConfig:
     max_positions: Optional[int] = None
     """Size of the learned position table; None means seq_len. seq_len may not exceed it."""
     vocab_size: Optional[int] = None
-    """Vocabulary size; None takes it from the data's tokenizer."""
+    """Vocabulary size; None takes the data's tokenizer size rounded up to a multiple of vocab_multiple."""
+    vocab_multiple: int = 128
+    """Pad the vocabulary to a multiple of this (Megatron's make-vocab-size-divisible-by): keeps the LM head's
+    matmul aligned and lets tensor parallelism split the vocabulary evenly at any TP size dividing it. The
+    padded rows are never targets."""
     position: str = "learned"
     """'learned' (GPT-2 absolute table) or 'rotary' (RoPE on q and k)."""
     rope_base: float = 10000.0

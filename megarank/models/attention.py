@@ -13,6 +13,7 @@ number of local heads is read from q_proj's output width, so this file needs no 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 
@@ -89,6 +90,8 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # context for the attention-probability dropout's RNG; tensor parallelism swaps in a per-rank stream
+        self.rng_region = contextlib.nullcontext
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -99,7 +102,8 @@ class SelfAttention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        y = attention(q, k, v, causal=self.causal, backend=self.backend,
-                      dropout_p=self.dropout if self.training else 0.0)
+        with self.rng_region():
+            y = attention(q, k, v, causal=self.causal, backend=self.backend,
+                          dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
         return self.resid_dropout(self.o_proj(y))

@@ -52,3 +52,43 @@ def build_layout(tp_size: int) -> ParallelLayout:
             dp_group = group
     return ParallelLayout(tp_size=tp_size, dp_size=dp_size, tp_rank=rank % tp_size, dp_rank=rank // tp_size,
                           tp_group=tp_group, dp_group=dp_group)
+
+
+class DeepSpeedMPU:
+    """The `mpu=` object deepspeed.initialize takes, read off a ParallelLayout. DeepSpeed uses it to shard ZeRO
+    state and average gradients within data-parallel groups, and to count TP-sharded parameters once per TP
+    rank (and replicated ones once) in the global gradient norm."""
+
+    def __init__(self, layout: ParallelLayout):
+        self.layout = layout
+
+    def get_model_parallel_rank(self) -> int:
+        return self.layout.tp_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.layout.tp_size
+
+    def get_model_parallel_group(self):
+        return self.layout.tp_group
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_tensor_model_parallel_src_rank(self) -> int:
+        return self.layout.dp_rank * self.layout.tp_size
+
+    def get_data_parallel_rank(self) -> int:
+        return self.layout.dp_rank
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.layout.dp_size
+
+    def get_data_parallel_group(self):
+        return self.layout.dp_group
+
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_pipeline_model_parallel_rank(self) -> int:
+        return 0

@@ -84,7 +84,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict) -> Path:
+def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict, tp_rng=None) -> Path:
     """Collective: every rank writes its shards; the tag becomes visible to resume only when all have."""
     rank = dist.get_rank()
     tag = tag_for(step)
@@ -97,7 +97,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta:
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     tag_dir.mkdir(parents=True, exist_ok=True)
     tmp = tag_dir / f".rng_rank{rank}.pt.tmp"
-    torch.save(_rng_state(), tmp)
+    torch.save({**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}, tmp)
     os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
@@ -108,7 +108,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta:
     return tag_dir
 
 
-def load_checkpoint(engine, tag_dir: Path) -> dict:
+def load_checkpoint(engine, tag_dir: Path, tp_rng=None) -> dict:
     """Load shards, optimizer and scheduler state and this rank's RNG; returns megarank's client state."""
     _, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
@@ -117,5 +117,8 @@ def load_checkpoint(engine, tag_dir: Path) -> dict:
                             "that it was written by megarank-train")
     rng_file = tag_dir / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: fresh streams then
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        state = torch.load(rng_file, weights_only=False)
+        _set_rng_state(state)
+        if tp_rng is not None and state.get("tp_dropout"):
+            tp_rng.load_state_dict(state["tp_dropout"])
     return client_state["megarank"]

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from megarank.config import ExperimentConfig, gradient_accumulation_steps, to_yaml, validate
 from megarank.errors import MegarankError
 from megarank.models.gpt import GPT
-from megarank.parallel.layout import build_layout
+from megarank.parallel.layout import DeepSpeedMPU, build_layout
+from megarank.parallel.tensor_parallel import parallelize
 from megarank.train import checkpoint
 from megarank.train.batches import micro_batch, open_text_data, val_batch
 from megarank.train.distributed import World, init_distributed
@@ -41,19 +42,18 @@ def train(cfg: ExperimentConfig) -> dict:
     resume_from = checkpoint.resolve_resume(cfg.train.resume, ckpt_dir)
 
     data = open_text_data(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, show_progress=world.is_main)
-    if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = data.vocab_size
-    elif cfg.model.vocab_size < data.vocab_size:
-        raise MegarankError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's tokenizer "
-                            f"({data.vocab_size}); unset model.vocab_size to take it from the data")
+    set_vocab_size(cfg, data.vocab_size)
 
-    torch.manual_seed(cfg.seed)  # same init on every rank: replicas start identical
-    model = GPT(cfg.model).to(world.device)
-    engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device)
+    torch.manual_seed(cfg.seed)  # same full init on every rank; TP ranks then keep their slices
+    model = GPT(cfg.model)
+    tp_rng = parallelize(model, layout, seed=cfg.seed, device=world.device)
+    model.to(world.device)
+    engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
+                                       mpu=DeepSpeedMPU(layout))
 
     step = 0
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(engine, resume_from)
+        state = checkpoint.load_checkpoint(engine, resume_from, tp_rng)
         step = state["step"]
         data.sampler.check_state(state["sampler"])
     if world.is_main:
@@ -112,7 +112,7 @@ def train(cfg: ExperimentConfig) -> dict:
         if periodic or stop or step == cfg.train.max_steps:
             client = {"megarank": {"step": step, "sampler": data.sampler.state_dict(step * cfg.train.global_batch)}}
             if last_saved != step:
-                checkpoint.save_checkpoint(engine, ckpt_dir, step, client, meta)
+                checkpoint.save_checkpoint(engine, ckpt_dir, step, client, meta, tp_rng)
                 last_saved = step
         if stop:
             if world.is_main:
@@ -121,6 +121,19 @@ def train(cfg: ExperimentConfig) -> dict:
     bar.close()
     metrics.close()
     return last
+
+
+def set_vocab_size(cfg: ExperimentConfig, data_vocab: int) -> None:
+    """Fill model.vocab_size from the data (padded to vocab_multiple) or check the configured one."""
+    model = cfg.model
+    if model.vocab_size is None:
+        model.vocab_size = -(-data_vocab // model.vocab_multiple) * model.vocab_multiple
+    elif model.vocab_size < data_vocab:
+        raise MegarankError(f"model.vocab_size={model.vocab_size} is smaller than the data's tokenizer "
+                            f"({data_vocab}); unset model.vocab_size to take it from the data")
+    if model.vocab_size % cfg.parallel.tp:
+        raise MegarankError(f"model.vocab_size={model.vocab_size} is not divisible by parallel.tp="
+                            f"{cfg.parallel.tp}; make model.vocab_multiple a multiple of tp")
 
 
 @torch.no_grad()

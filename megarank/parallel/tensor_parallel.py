@@ -1,0 +1,58 @@
+"""Apply tensor parallelism to a built model, as a separate step (torchtitan's `parallelize`).
+
+TP_PLAN below is the whole plan: submodule (by name suffix) -> how it is sharded. The model file itself holds
+no collectives; after this step its linears, embedding and loss are the parallel versions from layers.py.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from megarank.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                      vocab_parallel_cross_entropy)
+from megarank.parallel.layout import ParallelLayout
+from megarank.parallel.random import TPRandomState
+
+TP_PLAN: dict[str, str] = {
+    "attn.q_proj": "column",  # heads split across ranks: rank r holds heads [r*nh/tp, (r+1)*nh/tp)
+    "attn.k_proj": "column",
+    "attn.v_proj": "column",
+    "attn.o_proj": "row",  # consumes its rank's heads, all-reduces the partial outputs
+    "mlp.fc_in": "column",
+    "mlp.fc_out": "row",
+    "wte": "vocab",  # embedding rows split by vocabulary id
+    "lm_head": "vocab_column",  # logits split by vocabulary; tied to wte's shard; loss is vocab-parallel
+}
+
+
+def parallelize(model: nn.Module, layout: ParallelLayout, *, seed: int, device) -> TPRandomState:
+    """Shard `model` in place for this rank's TP slot; returns the TP-local dropout stream.
+
+    With tp_size 1 the model is left as it is (plain nn.Linear / nn.Embedding / cross-entropy)."""
+    rng = TPRandomState(seed, layout.tp_rank, device)
+    if layout.tp_size == 1:
+        return rng
+    kw = dict(tp_rank=layout.tp_rank, tp_size=layout.tp_size, group=layout.tp_group)
+    for name, module in list(model.named_modules()):
+        style = next((s for suffix, s in TP_PLAN.items() if name == suffix or name.endswith("." + suffix)), None)
+        if style == "column":
+            _replace(model, name, ColumnParallelLinear(module, **kw))
+        elif style == "row":
+            _replace(model, name, RowParallelLinear(module, **kw))
+        elif style == "vocab":
+            _replace(model, name, VocabParallelEmbedding(module, **kw))
+    embedding = model.wte
+    tied = model.lm_head.weight is model.wte.weight or model.cfg.tie_embeddings
+    model.lm_head = ColumnParallelLinear(model.lm_head, **kw, weight=embedding.weight if tied else None)
+    model.loss_fn = partial(vocab_parallel_cross_entropy, group=layout.tp_group, vocab_start=embedding.vocab_start)
+    for module in model.modules():
+        if hasattr(module, "rng_region"):  # attention: dropout on this rank's own heads
+            module.rng_region = rng.fork
+    return rng
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
