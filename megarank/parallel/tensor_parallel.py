@@ -53,6 +53,22 @@ def parallelize(model: nn.Module, layout: ParallelLayout, *, seed: int, device) 
     return rng
 
 
+def param_shard_styles(model: nn.Module) -> dict[str, str]:
+    """How each parameter is laid out across TP ranks: 'column' (split dim 0), 'row' (split dim 1), 'vocab'
+    (split dim 0 by vocabulary id) or 'replicated' — read off TP_PLAN, for checkpoint re-sharding."""
+    styles = {}
+    for name, _ in model.named_parameters():
+        module_name, _, kind = name.rpartition(".")
+        style = next((s for suffix, s in TP_PLAN.items()
+                      if module_name == suffix or module_name.endswith("." + suffix)), "replicated")
+        if style == "vocab_column":
+            style = "vocab"
+        if style == "row" and kind == "bias":  # added after the reduce, whole on every rank
+            style = "replicated"
+        styles[name] = style
+    return styles
+
+
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

@@ -17,6 +17,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +63,28 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
         raise MegarankError(f"train.resume='{resume}' is not a complete megarank checkpoint (no {COMPLETE_MARKER}); "
                             f"point it at a global_step<N> directory or use train.resume=auto")
     return tag_dir
+
+
+def universal_checkpoint_info(model, vocab_size: int) -> dict:
+    """Client state that lets DeepSpeed's ds_to_universal re-shard this checkpoint for another layout: which
+    parameters are split by rows (dim 1) or by vocabulary, and which are replicated across TP ranks (the rest
+    are split by columns). Patterns are exact names: DeepSpeed requires each one to match."""
+    from deepspeed.checkpoint import constants as c
+
+    from megarank.parallel.tensor_parallel import param_shard_styles
+
+    styles = param_shard_styles(model)
+
+    def names(style: str) -> list[str]:
+        return [re.escape(n) + "$" for n, s in styles.items() if s == style]
+
+    return {c.UNIVERSAL_CHECKPOINT_INFO: {
+        c.UNIVERSAL_CHECKPOINT_VERSION_KEY: c.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+        c.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: names("row"),
+        c.VOCABULARY_PARAMETER_PATTERNS: names("vocab"),
+        c.TP_REPLICATED_PARAMETER_PATTERNS: names("replicated"),
+        "original_vocab_size": vocab_size,  # megarank's padded size is part of the model, whatever the TP size
+    }}
 
 
 def _rng_state() -> dict:
@@ -108,9 +132,57 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta:
     return tag_dir
 
 
-def load_checkpoint(engine, tag_dir: Path, tp_rng=None) -> dict:
-    """Load shards, optimizer and scheduler state and this rank's RNG; returns megarank's client state."""
-    _, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
+def saved_layout(tag_dir: Path) -> dict:
+    """{'tp', 'dp', 'world_size', 'zero_stage'} of the run that wrote this checkpoint."""
+    marker = json.loads((tag_dir / COMPLETE_MARKER).read_text())
+    return {**marker["layout"], "zero_stage": marker["zero_stage"]}
+
+
+def needs_universal(tag_dir: Path, tp: int, dp: int, zero_stage: int) -> bool:
+    """True when the checkpoint was written at another layout: ZeRO shards then need re-partitioning through
+    DeepSpeed's universal checkpoint (ZeRO-1/2). Changing TP, the ZeRO stage, or the data-parallel size under
+    ZeRO-3 is refused with the layout to relaunch at."""
+    saved = saved_layout(tag_dir)
+    if saved["tp"] != tp:
+        raise MegarankError(f"checkpoint '{tag_dir}' was written at parallel.tp={saved['tp']}, this run has tp={tp}; "
+                            f"resume with parallel.tp={saved['tp']} (only the data-parallel size may change)")
+    if saved["zero_stage"] != zero_stage:
+        raise MegarankError(f"checkpoint '{tag_dir}' was written with zero.stage={saved['zero_stage']}, this run "
+                            f"has {zero_stage}; resume with zero.stage={saved['zero_stage']}")
+    if saved["dp"] != dp and zero_stage == 3:
+        # ds_to_universal converts ZeRO-3 shards, but the optimizer state came back inexact in our test (the
+        # weights loaded, the next update differed by 2e-4): refuse rather than continue a different run
+        raise MegarankError(f"checkpoint '{tag_dir}' was written at data-parallel size {saved['dp']} with ZeRO-3; "
+                            f"only ZeRO-1/2 checkpoints resume at another size: launch {saved['dp'] * tp} "
+                            "processes")
+    return saved["dp"] != dp
+
+
+def universal_dir(tag_dir: Path) -> Path:
+    """DeepSpeed's universal (layout-free) form of a tag, made once by rank 0 with ds_to_universal, atomically."""
+    target = tag_dir.with_name(tag_dir.name + "_universal")
+    if dist.get_rank() == 0 and not (target / COMPLETE_MARKER).is_file():
+        tmp = tag_dir.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(tag_dir), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                               "--num_merge_workers", "1"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MegarankError(f"converting '{tag_dir}' to a universal checkpoint failed: "
+                                f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        shutil.copy(tag_dir / COMPLETE_MARKER, tmp / COMPLETE_MARKER)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    dist.barrier()
+    return target
+
+
+def load_checkpoint(engine, tag_dir: Path, tp_rng=None, *, universal: bool = False) -> dict:
+    """Load shards, optimizer and scheduler state and this rank's RNG; returns megarank's client state.
+
+    universal: the engine was built with checkpoint.load_universal and reads the tag's universal form."""
+    source = universal_dir(tag_dir) if universal else tag_dir
+    _, client_state = engine.load_checkpoint(str(source.parent), tag=source.name, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
     if client_state is None or "megarank" not in client_state:
         raise MegarankError(f"'{tag_dir}' could not be loaded as a megarank checkpoint; check the path and "

@@ -24,7 +24,8 @@ def use_bf16(cfg: ExperimentConfig, device: torch.device) -> bool:
     return cfg.train.precision == "bf16"
 
 
-def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.device) -> dict:
+def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.device,
+                     load_universal: bool = False) -> dict:
     """The DeepSpeed JSON config for this experiment (saved beside the run for reference)."""
     optim = cfg.optim
     on_cpu = device.type == "cpu"
@@ -48,12 +49,15 @@ def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.de
         },
         "zero_optimization": {"stage": cfg.zero.stage},
         "bf16": {"enabled": use_bf16(cfg, device)},
+        # a checkpoint from another data-parallel size is read in DeepSpeed's universal form
+        "checkpoint": {"load_universal": load_universal},
         "steps_per_print": 10**12,  # megarank logs for itself
         "wall_clock_breakdown": False,
     }
 
 
-def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, device: torch.device, mpu=None):
+def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, device: torch.device, mpu=None,
+                 load_universal: bool = False):
     """deepspeed.initialize with role-based decay groups; returns (engine, description of the groups).
 
     The description is taken before DeepSpeed sees the groups: ZeRO flattens each group's tensors in place."""
@@ -66,7 +70,7 @@ def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, de
         model=model,
         model_parameters=groups,
         lr_scheduler=partial(warmup_cosine, cfg=cfg.optim, total_steps=cfg.train.max_steps),
-        config=deepspeed_config(cfg, grad_accum=grad_accum, device=device),
+        config=deepspeed_config(cfg, grad_accum=grad_accum, device=device, load_universal=load_universal),
         mpu=mpu,
     )
     return engine, description

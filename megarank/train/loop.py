@@ -40,6 +40,8 @@ def train(cfg: ExperimentConfig) -> dict:
     grad_accum = gradient_accumulation_steps(cfg, world.world_size)
     run_dir, ckpt_dir = Path(cfg.train.run_dir), Path(cfg.checkpoint.dir)
     resume_from = checkpoint.resolve_resume(cfg.train.resume, ckpt_dir)
+    universal = resume_from is not None and checkpoint.needs_universal(resume_from, layout.tp_size, layout.dp_size,
+                                                                       cfg.zero.stage)
 
     data = open_text_data(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, show_progress=world.is_main)
     set_vocab_size(cfg, data.vocab_size)
@@ -49,11 +51,11 @@ def train(cfg: ExperimentConfig) -> dict:
     tp_rng = parallelize(model, layout, seed=cfg.seed, device=world.device)
     model.to(world.device)
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
-                                       mpu=DeepSpeedMPU(layout))
+                                       mpu=DeepSpeedMPU(layout), load_universal=universal)
 
     step = 0
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(engine, resume_from, tp_rng)
+        state = checkpoint.load_checkpoint(engine, resume_from, tp_rng, universal=universal)
         step = state["step"]
         data.sampler.check_state(state["sampler"])
     if world.is_main:
@@ -63,12 +65,14 @@ def train(cfg: ExperimentConfig) -> dict:
         log.info("model: %.2fM parameters; weight-decay groups:\n%s", model.num_params() / 1e6,
                  group_table)
         if resume_from is not None:
-            log.info("resumed from %s at step %d", resume_from, step)
+            log.info("resumed from %s at step %d%s", resume_from, step,
+                     " (re-sharded through a universal checkpoint)" if universal else "")
 
     metrics = MetricsLogger(run_dir, enabled=world.is_main, start_step=step)
     preemption = PreemptionHandler()
     flops_per_token = train_flops_per_token(cfg.model)
     tokens_per_step = cfg.train.global_batch * cfg.model.seq_len
+    universal_info = checkpoint.universal_checkpoint_info(engine.module, cfg.model.vocab_size)
     meta = {"layout": layout.describe(), "zero_stage": cfg.zero.stage, "config": to_yaml(cfg)}
     last: dict = {}
     last_saved = step if resume_from is not None else None
@@ -110,7 +114,8 @@ def train(cfg: ExperimentConfig) -> dict:
         stop = preemption.should_stop(world.device)
         periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0
         if periodic or stop or step == cfg.train.max_steps:
-            client = {"megarank": {"step": step, "sampler": data.sampler.state_dict(step * cfg.train.global_batch)}}
+            client = {"megarank": {"step": step, "sampler": data.sampler.state_dict(step * cfg.train.global_batch)},
+                      **universal_info}
             if last_saved != step:
                 checkpoint.save_checkpoint(engine, ckpt_dir, step, client, meta, tp_rng)
                 last_saved = step
