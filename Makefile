@@ -15,6 +15,16 @@ NPROC ?= 1
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 NUM_PROCS := $(if $(filter-out 0,$(GPUS)),$(GPUS),$(NPROC))
 MASTER_PORT ?= 29500
+# Multi-node: a DeepSpeed hostfile ("host slots=8" per line); the runner starts every node over pdsh/ssh.
+HOSTFILE ?=
+NNODES ?= 1
+GPUS_PER_NODE ?= $(NUM_PROCS)
+ifdef HOSTFILE
+LAUNCH := $(VENV)/bin/deepspeed --hostfile $(HOSTFILE) --num_nodes $(NNODES) --num_gpus $(GPUS_PER_NODE) \
+	--master_port $(MASTER_PORT) $(if $(MASTER_ADDR),--master_addr $(MASTER_ADDR))
+else
+LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
+endif
 
 .PHONY: install pretrain test bench clean-venv
 
@@ -31,7 +41,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 pretrain: $(STAMP)
-	$(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT) --module megarank.train $(CONFIG) $(OVERRIDES)
+	$(LAUNCH) --module megarank.train $(CONFIG) $(OVERRIDES)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -10,6 +10,7 @@ from megarank.config import gradient_accumulation_steps, load_config, to_yaml, v
 from megarank.config.load import valid_keys
 from megarank.config.schema import ExperimentConfig
 from megarank.errors import MegarankError
+from tests.helpers import REPO
 
 PUBLIC_KEYS = ["seed", "train.max_steps", "train.micro_batch", "train.global_batch", "train.run_dir", "train.resume",
                "model.n_layers", "model.d_model", "model.n_heads", "model.seq_len", "optim.lr", "optim.wd_attn",
@@ -63,3 +64,11 @@ def test_validate_batch_divisibility():
     assert gradient_accumulation_steps(cfg, world_size=2) == 4
     with pytest.raises(MegarankError, match="multiple of 12"):
         validate(load_config("configs/default.yaml", ["train.micro_batch=4", "train.global_batch=32"]), 3)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "configs").glob("**/*.yaml")
+                                        if p.parent.name in ("configs", "experiments")))
+def test_shipped_experiments_load_and_validate(path):
+    cfg = load_config(path)
+    world = 16 if "16x" in path else 1
+    validate(cfg, world)

@@ -1,0 +1,50 @@
+"""Expected GPU memory per rank for a config and layout: the formula the README quotes, as code.
+
+Model states (ZeRO paper, Rajbhandari et al. 2020), Ψ = parameters held by one TP rank:
+    bf16 mixed precision: 2 B weights + 2 B grads + K = 12 B optimizer (fp32 master, Adam m, v)
+    fp32:                 4 B weights + 4 B grads + K = 8 B optimizer (Adam m, v)
+    ZeRO-0: (w + g + K)Ψ    ZeRO-1: (w + g)Ψ + KΨ/dp    ZeRO-2: wΨ + (g + K)Ψ/dp    ZeRO-3: (w + g + K)Ψ/dp
+Activations per layer without recomputation or sequence parallelism (Korthikanti et al. 2022), 16-bit:
+    s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes; flash attention drops the a·s² term (it recomputes the scores).
+Logits: s·b·V/t in fp32, twice (the logits and the softmax saved for the backward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megarank.config.schema import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    params_total: int
+    params_per_rank: int
+    model_states_gb: float
+    activations_gb: float
+    logits_gb: float
+
+    @property
+    def total_gb(self) -> float:
+        return self.model_states_gb + self.activations_gb + self.logits_gb
+
+
+def estimate_memory(cfg: ExperimentConfig, world_size: int, *, bf16: bool = True,
+                    flash_attention: bool = True) -> MemoryEstimate:
+    m, tp = cfg.model, cfg.parallel.tp
+    dp = world_size // tp
+    vocab = m.vocab_size or 50304
+    h, s, b, L = m.d_model, m.seq_len, cfg.train.micro_batch, m.n_layers
+    sharded = L * (4 * h * h + 2 * h * m.ffn_dim) + vocab * h  # q,k,v,o, fc_in, fc_out; tied embedding/head
+    replicated = L * 2 * h + h + (m.max_positions or s) * h * (m.position == "learned")  # norms, positions
+    if not m.tie_embeddings:
+        sharded += vocab * h
+    psi = sharded // tp + replicated
+    w, g, k = (2, 2, 12) if bf16 else (4, 4, 8)
+    per_param = {0: w + g + k, 1: w + g + k / dp, 2: w + (g + k) / dp, 3: (w + g + k) / dp}[cfg.zero.stage]
+    attention_scores = 0 if flash_attention else 5 * m.n_heads * s / (h * tp)
+    activations = L * s * b * h * (10 + 24 / tp + attention_scores)
+    logits = 2 * 4 * s * b * vocab / tp
+    gb = 1024**3
+    return MemoryEstimate(params_total=sharded + replicated, params_per_rank=psi, model_states_gb=psi * per_param / gb,
+                          activations_gb=activations / gb, logits_gb=logits / gb)

@@ -1,0 +1,24 @@
+"""The memory estimate against the formula worked by hand for a small config (ZeRO-1, TP=2, DP=4, bf16)."""
+
+import pytest
+
+from megarank.config import load_config
+from megarank.parallel.memory import estimate_memory
+
+GB = 1024**3
+
+
+def test_estimate_matches_hand_computation():
+    cfg = load_config("configs/default.yaml", ["model.n_layers=2", "model.d_model=64", "model.n_heads=4",
+                                               "model.seq_len=32", "model.vocab_size=256", "parallel.tp=2",
+                                               "train.micro_batch=4", "zero.stage=1"])
+    est = estimate_memory(cfg, world_size=8)
+    sharded = 2 * (4 * 64 * 64 + 2 * 64 * 256) + 256 * 64  # attn + mlp + tied embedding
+    replicated = 2 * 2 * 64 + 64 + 32 * 64  # two LayerNorms per block, ln_f, learned positions
+    assert est.params_total == sharded + replicated
+    psi = sharded // 2 + replicated
+    assert est.model_states_gb == pytest.approx(psi * (2 + 2 + 12 / 4) / GB)
+    assert est.activations_gb == pytest.approx(2 * 32 * 4 * 64 * (10 + 24 / 2) / GB)
+    assert est.logits_gb == pytest.approx(8 * 32 * 4 * 256 / 2 / GB)
+    no_flash = estimate_memory(cfg, world_size=8, flash_attention=False)
+    assert no_flash.activations_gb > est.activations_gb
