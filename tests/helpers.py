@@ -50,9 +50,16 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
             "--module", "megarank.train", config, *overrides]
 
 
-def run_training(run_dir: Path, corpus: Path, *extra: str, nproc: int = 1, config: str = "configs/default.yaml",
-                 check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    overrides = [*TINY, f"data.path={corpus}", f"train.run_dir={run_dir}", *extra]
+# The tiny ViT on 8×8 digits.
+VIT_TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "train.micro_batch=4", "train.global_batch=16",
+            "optim.warmup_steps=2", "train.eval_every=0", "train.progress=false", "train.precision=fp32"]
+
+
+def run_training(run_dir: Path, corpus: Path | None, *extra: str, nproc: int = 1,
+                 config: str = "configs/default.yaml", tiny: list[str] = TINY, check: bool = True,
+                 timeout: int = 300) -> subprocess.CompletedProcess:
+    data = [f"data.path={corpus}"] if corpus else []
+    overrides = [*tiny, *data, f"train.run_dir={run_dir}", *extra]
     proc = subprocess.run(train_command(nproc, config, overrides), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -20,8 +20,10 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Decoder-only GPT (pre-LayerNorm, GELU MLP, separate q/k/v/o projections)."""
+    """The transformer: a decoder-only GPT or a ViT, both pre-LayerNorm on the same block."""
 
+    family: str = "gpt"
+    """'gpt' (causal language model on token shards) or 'vit' (image classifier)."""
     n_layers: int = 12
     """Number of transformer blocks."""
     d_model: int = 768
@@ -56,8 +58,26 @@ class ModelConfig:
     """Std of the normal init; residual output projections get init_std / sqrt(2 * n_layers) (GPT-2)."""
     attn_backend: str = "auto"
     """'auto' (flash_attn if installed and on GPU, else SDPA), 'flash', 'sdpa' or 'math'."""
+    image_size: int = 224
+    """ViT: input resolution (square)."""
+    patch_size: int = 16
+    """ViT: patch side in pixels."""
+    in_channels: int = 3
+    """ViT: image channels."""
+    n_classes: Optional[int] = None
+    """ViT: number of classes; None takes it from the data."""
+    pooling: str = "cls"
+    """ViT: 'cls' (class token) or 'mean' (average of the patch tokens)."""
+    patch_embed: str = "conv"
+    """ViT: 'conv' (strided convolution) or 'linear' (flattened patches through a linear layer)."""
 
     def __post_init__(self) -> None:
+        _require(self.family in ("gpt", "vit"), f"model.family must be 'gpt' or 'vit', got '{self.family}'")
+        _require(self.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got '{self.pooling}'")
+        _require(self.patch_embed in ("conv", "linear"),
+                 f"model.patch_embed must be 'conv' or 'linear', got '{self.patch_embed}'")
+        _require(self.image_size % self.patch_size == 0,
+                 f"model.image_size={self.image_size} is not a multiple of model.patch_size={self.patch_size}")
         _require(self.position in ("learned", "rotary"),
                  f"model.position must be 'learned' or 'rotary', got '{self.position}'")
         _require(self.attn_backend in ("auto", "flash", "sdpa", "math"),
@@ -93,6 +113,26 @@ class DataConfig:
     """Vocabulary of the sentencepiece model trained for the embedded corpus."""
     cache_dir: str = "~/.cache/megarank"
     """Where the embedded corpus' tokenizer and shards are cached."""
+    image_source: str = "digits"
+    """ViT: 'digits' (scikit-learn's 1,797 8×8 handwritten digits, shipped with the package, fixed split), an
+    ImageNet-style folder with train/ and val/ (one subfolder per class), or a Hugging Face `datasets` source
+    (local parquet/arrow files, or a hub name when online) with image and label columns."""
+    image_key: str = "image"
+    """ViT, `datasets` sources: the image column."""
+    label_key: str = "label"
+    """ViT, `datasets` sources: the label column."""
+    augment: bool = True
+    """ViT: random-resized crop and horizontal flip for training (eval: resize + centre crop)."""
+    randaugment: bool = False
+    """ViT: add RandAugment (torchvision) to the training transform."""
+    crop_scale_min: float = 0.08
+    """ViT: smallest area fraction of the random-resized crop."""
+    hflip: bool = True
+    """ViT: random horizontal flips (off for digits, where a flip changes the class)."""
+    eval_crop_ratio: float = 0.875
+    """ViT: evaluation resizes to image_size / eval_crop_ratio, then centre-crops image_size (1.0: no crop)."""
+    num_workers: int = 0
+    """ViT: DataLoader worker processes decoding images."""
 
 
 @dataclass
@@ -158,6 +198,8 @@ class TrainConfig:
     """'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'fp32'."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    label_smoothing: float = 0.0
+    """ViT: label smoothing of the training cross-entropy."""
 
     def __post_init__(self) -> None:
         _require(self.resume != "", "train.resume must be 'auto', 'none' or a checkpoint path")

@@ -29,8 +29,8 @@ RULES: tuple[GroupRule, ...] = (
     GroupRule("no_decay", r"(\.bias$|(^|\.)ln_\w*\.weight$|(^|\.)norm\w*\.weight$)", None),  # biases, norm gains
     GroupRule("attn", r"(^|\.)attn\.(q_proj|k_proj|v_proj|o_proj)\.weight$", "wd_attn"),
     GroupRule("mlp", r"(^|\.)mlp\.(fc_in|fc_out)\.weight$", "wd_mlp"),
-    GroupRule("other", r"(^|\.)(wte|wpe|lm_head|patch_embed\w*|cls_token|pos_embed|head)(\.weight)?$",
-              "wd_other"),
+    # embeddings and output heads: GPT (wte, wpe, lm_head) and ViT (patch_embed, cls_token, pos_embed, head)
+    GroupRule("other", r"^((wte|wpe|lm_head|head|patch_embed\.proj)\.weight|cls_token|pos_embed)$", "wd_other"),
 )
 
 

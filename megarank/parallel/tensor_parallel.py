@@ -43,10 +43,12 @@ def parallelize(model: nn.Module, layout: ParallelLayout, *, seed: int, device) 
             _replace(model, name, RowParallelLinear(module, **kw))
         elif style == "vocab":
             _replace(model, name, VocabParallelEmbedding(module, **kw))
-    embedding = model.wte
-    tied = model.lm_head.weight is model.wte.weight or model.cfg.tie_embeddings
-    model.lm_head = ColumnParallelLinear(model.lm_head, **kw, weight=embedding.weight if tied else None)
-    model.loss_fn = partial(vocab_parallel_cross_entropy, group=layout.tp_group, vocab_start=embedding.vocab_start)
+    if hasattr(model, "lm_head"):  # language model: vocabulary-parallel head and loss (the ViT head is replicated)
+        embedding = model.wte
+        head = ColumnParallelLinear(model.lm_head, **kw, weight=embedding.weight if model.cfg.tie_embeddings else None)
+        model.lm_head = head
+        model.loss_fn = partial(vocab_parallel_cross_entropy, group=layout.tp_group,
+                                vocab_start=embedding.vocab_start)
     for module in model.modules():
         if hasattr(module, "rng_region"):  # attention: dropout on this rank's own heads
             module.rng_region = rng.fork

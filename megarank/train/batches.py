@@ -1,4 +1,4 @@
-"""Which sequences each rank trains on: the global batch of step s is sampler positions
+"""Text data for the GPT, and which sequences each rank trains on: the global batch of step s is sampler positions
 [s * global_batch, (s + 1) * global_batch), dealt out to (micro step, data-parallel rank) slots.
 
 Because the global batch is the same set of sequences whatever the layout, the global-batch mean loss (what
@@ -49,10 +49,17 @@ def open_text_data(cfg: DataConfig, *, seq_len: int, seed: int, show_progress: b
                     vocab_size=train_shards.vocab_size, source=source)
 
 
+def sample_start(*, step: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int,
+                 global_batch: int) -> int:
+    """First sampler position of this rank's micro batch (micro_step) within step's global batch."""
+    return step * global_batch + (micro_step * dp_size + dp_rank) * micro_batch
+
+
 def micro_batch(data: TextData, *, step: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int,
                 global_batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of shape (micro_batch, seq_len) for this rank's slot in step's global batch."""
-    start = step * global_batch + (micro_step * dp_size + dp_rank) * micro_batch
+    start = sample_start(step=step, micro_step=micro_step, dp_rank=dp_rank, dp_size=dp_size,
+                         micro_batch=micro_batch, global_batch=global_batch)
     x, y = data.train.batch(data.sampler.indices(start, micro_batch))
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 

@@ -18,7 +18,7 @@ from megarank.parallel.tensor_parallel import parallelize
 from megarank.train.batches import micro_batch, open_text_data
 from megarank.train.distributed import init_distributed
 from megarank.train.engine import build_engine
-from megarank.train.loop import set_vocab_size
+from megarank.train.tasks import set_vocab_size
 
 out, config, *overrides = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 cfg = load_config(config, overrides)

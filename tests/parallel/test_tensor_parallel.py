@@ -14,7 +14,7 @@ import torch
 from megarank.config import load_config
 from megarank.models.gpt import GPT
 from megarank.train.batches import micro_batch, open_text_data
-from megarank.train.loop import set_vocab_size
+from megarank.train.tasks import set_vocab_size
 from tests.helpers import REPO, TINY, clean_env, free_port, read_metrics, run_training, train_losses, VENV_BIN
 
 LAYOUTS = {  # name: (tp, processes, zero stage)
