@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain test bench clean-venv
+.PHONY: install pretrain pretrain-vit test clean-venv
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ $(STAMP): setup.py
 
 pretrain: $(STAMP)
 	$(LAUNCH) --module megarank.train $(CONFIG) $(OVERRIDES)
+
+# The ViT: same launcher, same knobs (CONFIG, OVERRIDES, NPROC, HOSTFILE, ...).
+VIT_CONFIG ?= configs/vit_default.yaml
+pretrain-vit: $(STAMP)
+	$(LAUNCH) --module megarank.train $(if $(filter configs/default.yaml,$(CONFIG)),$(VIT_CONFIG),$(CONFIG)) $(OVERRIDES)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -8,4 +8,4 @@ from tests.helpers import REPO
 def test_every_config_key_is_documented():
     readme = (REPO / "README.md").read_text()
     missing = [k for k in valid_keys(ExperimentConfig) if f"`{k}`" not in readme]
-    assert not missing, f"add these keys to README.md's config reference: {missing}"
+    assert not missing, f"run tools/config_reference.py --write README.md (missing: {missing})"
