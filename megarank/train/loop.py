@@ -47,6 +47,7 @@ def train(cfg: ExperimentConfig) -> dict:
     model = task.build_model()
     tp_rng = parallelize(model, layout, seed=cfg.seed, device=world.device)
     model.to(world.device)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
                                        mpu=DeepSpeedMPU(layout), load_universal=universal)
 
@@ -58,8 +59,8 @@ def train(cfg: ExperimentConfig) -> dict:
     if world.is_main:
         _write_run_files(run_dir, cfg, grad_accum, world)
         log.info("data: %s", task.description)
-        log.info("model: %.2fM parameters; weight-decay groups:\n%s", model.num_params() / 1e6,
-                 group_table)
+        log.info("model: %.2fM parameters%s; weight-decay groups:\n%s", n_params / 1e6,
+                 " per TP rank" if layout.tp_size > 1 else "", group_table)
         if resume_from is not None:
             log.info("resumed from %s at step %d%s", resume_from, step,
                      " (re-sharded through a universal checkpoint)" if universal else "")
