@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit test clean-venv
+.PHONY: install pretrain pretrain-vit analyze bench-rank test clean-venv
 
 install: $(STAMP)
 
@@ -47,6 +47,17 @@ pretrain: $(STAMP)
 VIT_CONFIG ?= configs/vit_default.yaml
 pretrain-vit: $(STAMP)
 	$(LAUNCH) --module megarank.train $(if $(filter configs/default.yaml,$(CONFIG)),$(VIT_CONFIG),$(CONFIG)) $(OVERRIDES)
+
+# Per-head rank of W_Q^T W_K and W_O W_V: a run dir, checkpoint dir or tag, or a Hugging Face safetensors dir.
+CKPT ?= runs/default
+OUT ?= $(CKPT)/rank
+RANK_ARGS ?=
+analyze: $(STAMP)
+	$(PY) tools/rank_analysis.py $(CKPT) --out $(OUT) $(RANK_ARGS)
+
+# A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
+bench-rank: $(STAMP)
+	$(PY) tools/bench_rank.py --json runs/bench_rank.json
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "pyyaml>=6.0",  # megarank-rank reads the config saved in a checkpoint
     ],
     extras_require={
         "dev": ["pytest>=8", "transformers>=4.40", "scikit-learn>=1.4"],
@@ -33,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "megarank-train=megarank.cli:train_main",
+            "megarank-rank=megarank.analysis.cli:main",
         ],
     },
 )

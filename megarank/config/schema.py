@@ -234,6 +234,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Attention rank logged during training (the same metrics as megarank-rank, means per layer)."""
+
+    every: int = 100
+    """Log the mean rank of W_Q,h^T W_K,h and W_O,h W_V,h per layer every this many steps (and at the end) to
+    TensorBoard and metrics.jsonl; 0 disables."""
+    rtol: float = 0.01
+    """A singular value counts towards the rank when it exceeds rtol times the head's largest."""
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, f"analysis.every must be >= 0, got {self.every}")
+        _require(0 < self.rtol < 1, f"analysis.rtol must be in (0, 1), got {self.rtol}")
+
+
+@dataclass
 class ParallelConfig:
     """Process layout. The data-parallel size is world_size / tp."""
 
@@ -257,3 +272,4 @@ class ExperimentConfig:
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -1,6 +1,6 @@
 """The training run, top to bottom: check config -> process group -> task (data + model family) -> model ->
-tensor parallelism -> DeepSpeed engine -> resume -> steps (log, validate, checkpoint, preemption) -> final
-checkpoint.
+tensor parallelism -> DeepSpeed engine -> resume -> steps (log, validate, attention rank, checkpoint,
+preemption) -> final checkpoint.
 
 Everything that can reject the user's input runs before the run directory is touched.
 """
@@ -25,6 +25,7 @@ from megarank.train.distributed import World, init_distributed
 from megarank.train.engine import build_engine, deepspeed_config
 from megarank.train.metrics import MetricsLogger
 from megarank.train.preemption import PreemptionHandler
+from megarank.train.rank_logging import attention_rank_record
 from megarank.train.throughput import mfu
 
 log = logging.getLogger("megarank")
@@ -109,6 +110,10 @@ def train(cfg: ExperimentConfig) -> dict:
             if record:
                 metrics.log({"step": step, **record})
                 last = {**last, **record}
+        if cfg.analysis.every and (step % cfg.analysis.every == 0 or step == cfg.train.max_steps):
+            record = attention_rank_record(engine.module, cfg, layout, world.device)
+            metrics.log({"step": step, **record})
+            last = {**last, **record}
         stop = preemption.should_stop(world.device)
         periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0
         if periodic or stop or step == cfg.train.max_steps:

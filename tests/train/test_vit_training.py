@@ -1,16 +1,24 @@
 """The ViT on the shared stack: TP=2×DP=2 (4 processes) logs the single-process losses within 1e-5; resume is
 bit for bit; an ImageFolder written to a temp dir trains with parallel decoding workers; validation records
-carry val_loss and val_acc."""
+carry val_loss and val_acc; megarank-rank reads the ViT's checkpoint (against the naive SVD of its products)
+and the ranks the run logged agree with it."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import VIT_TINY, read_metrics, run_training, train_losses
+import torch
+
+from tests.analysis.test_spectra import naive_head_products, naive_sv
+from tests.helpers import REPO, VIT_TINY, clean_env, read_metrics, run_training, train_losses
 
 VIT = dict(config="configs/vit_default.yaml", tiny=VIT_TINY)
 
@@ -62,3 +70,30 @@ def test_image_folder_trains_with_workers(tmp_path):
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert any("val_acc" in r for r in records)
+
+
+def test_rank_tool_reads_the_vit_checkpoint(vit_reference, tmp_path):
+    out = tmp_path / "rank"
+    proc = subprocess.run([sys.executable, "tools/rank_analysis.py", str(vit_reference), "--out", str(out),
+                           "--no-progress"], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["family"] == "vit" and summary["details"]["step"] == 6
+    rows = list(csv.DictReader((out / "ranks.csv").open()))
+    assert len(rows) == 2 * 4 * 2  # layers x heads x (qk, ov)
+
+    weights = torch.load(vit_reference / "checkpoints" / "global_step6" / "mp_rank_00_model_states.pt",
+                         weights_only=True)["module"]
+    for layer in range(2):
+        q, k, v, o = (weights[f"blocks.{layer}.attn.{r}_proj.weight"] for r in "qkvo")
+        for head, qk, ov in naive_head_products(q, k, v, o, d_head=8, n_kv=4):
+            for product, m in (("qk", qk), ("ov", ov)):
+                row = next(r for r in rows if (r["layer"], r["head"], r["product"]) == (str(layer), str(head), product))
+                sv = naive_sv(m, 8)
+                assert int(row["rank"]) == int((sv > 0.01 * sv[0]).sum())
+                assert float(row["nuclear"]) == pytest.approx(float(sv.sum()), rel=1e-9)
+    # the mean rank over heads and layers, as the paper reports it, is what the run logged at that step
+    logged = [r for r in read_metrics(vit_reference) if "rank/qk_mean" in r][-1]
+    assert logged["step"] == 6
+    for product in ("qk", "ov"):
+        assert logged[f"rank/{product}_mean"] == pytest.approx(summary["means"][product]["rank"])

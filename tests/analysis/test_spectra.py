@@ -1,0 +1,190 @@
+"""The factor trick against the naive SVD of the d_model × d_model product (random, rank-deficient and trained
+weights), and each per-head metric against its definition on factors whose answer is known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from megarank.analysis.spectra import DEFAULT_RTOL, Spectra, head_metrics, layer_spectra, product_spectra, r_factor
+
+
+def naive_sv(m: torch.Tensor, k: int) -> torch.Tensor:
+    """The top k singular values of the formed product (what the factor trick must avoid doing)."""
+    return torch.linalg.svdvals(m.double())[:k]
+
+
+def random_attention(d_model: int, n_heads: int, n_kv: int, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    dh = d_model // n_heads
+    q = torch.randn(n_heads * dh, d_model, generator=g, dtype=dtype) * 0.02
+    k = torch.randn(n_kv * dh, d_model, generator=g, dtype=dtype) * 0.02
+    v = torch.randn(n_kv * dh, d_model, generator=g, dtype=dtype) * 0.02
+    o = torch.randn(d_model, n_heads * dh, generator=g, dtype=dtype) * 0.02
+    return q, k, v, o
+
+
+def naive_head_products(q, k, v, o, d_head: int, n_kv: int):
+    """Per query head h, the formed W_Q,hᵀ W_K,g and W_O,h W_V,g with g the K/V head serving h."""
+    n_q = q.shape[0] // d_head
+    group = n_q // n_kv
+    for h in range(n_q):
+        g = h // group
+        rows, kv_rows = slice(h * d_head, (h + 1) * d_head), slice(g * d_head, (g + 1) * d_head)
+        yield h, q[rows].double().T @ k[kv_rows].double(), o[:, rows].double() @ v[kv_rows].double()
+
+
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_factor_trick_matches_naive_svd_on_random_factors(rank_deficient):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(5, 96, 12, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 96, 12, generator=g, dtype=torch.float64)
+    if rank_deficient:  # factors of rank 4: the product has only 4 nonzero singular values
+        a = a[..., :4] @ torch.randn(5, 4, 12, generator=g, dtype=torch.float64)
+    s = product_spectra(a, b)
+    for h in range(5):
+        m = a[h] @ b[h].T
+        full = torch.linalg.svdvals(m)
+        torch.testing.assert_close(s.sv[h], full[:12], rtol=1e-10, atol=1e-12 * full[0])
+        assert full[12:].max() < 1e-12 * full[0]  # rank <= d_head: nothing is lost beyond the core
+        assert s.l2_half[h] == pytest.approx((a[h].square().sum() + b[h].square().sum()).item() / 2, rel=1e-12)
+        gram_gap = torch.linalg.matrix_norm(a[h].T @ a[h] - b[h].T @ b[h])
+        assert s.imbalance[h] == pytest.approx(gram_gap.item(), rel=1e-10)
+    if rank_deficient:
+        assert (head_metrics(s)["rank"] == 4).all()
+
+
+def test_factor_trick_matches_naive_svd_on_trained_weights(reference_run):
+    """The trained tiny GPT's own q/k/v/o, every head of every layer."""
+    module = torch.load(reference_run / "checkpoints" / "global_step8" / "mp_rank_00_model_states.pt",
+                        weights_only=True)["module"]
+    d_head = 8  # tests/helpers.TINY: d_model 32, 4 heads
+    for layer in range(2):
+        q, k, v, o = (module[f"blocks.{layer}.attn.{r}_proj.weight"] for r in "qkvo")
+        spectra = layer_spectra(q, k, v, o, d_head)
+        for h, qk, ov in naive_head_products(q, k, v, o, d_head, n_kv=4):
+            torch.testing.assert_close(spectra["qk"].sv[h], naive_sv(qk, d_head), rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(spectra["ov"].sv[h], naive_sv(ov, d_head), rtol=1e-10, atol=1e-14)
+
+
+def test_ill_conditioned_factors_keep_their_small_singular_values():
+    """CholeskyQR alone would lose σ = 1e-9 of a factor (error ~ eps·κ² ≫ 1); such heads take Householder."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.linalg.qr(torch.randn(64, 4, generator=g, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    sigma = torch.tensor([1.0, 1e-3, 1e-7, 1e-9], dtype=torch.float64)
+    well = torch.randn(1, 64, 4, generator=g, dtype=torch.float64)
+    factors = torch.cat([(u * sigma @ w.T).unsqueeze(0), well])
+    for method in ("cholesky", "householder"):
+        r = r_factor(factors, method)
+        torch.testing.assert_close(torch.linalg.svdvals(r[0]), sigma, rtol=1e-6, atol=0)
+        torch.testing.assert_close(r[1].T @ r[1], well[0].T @ well[0], rtol=1e-12, atol=1e-12)
+
+
+def test_cholesky_and_householder_agree_on_trained_weights(reference_run):
+    module = torch.load(reference_run / "checkpoints" / "global_step8" / "mp_rank_00_model_states.pt",
+                        weights_only=True)["module"]
+    q, k, v, o = (module[f"blocks.1.attn.{r}_proj.weight"] for r in "qkvo")
+    fast, stable = layer_spectra(q, k, v, o, 8), layer_spectra(q, k, v, o, 8, qr="householder")
+    for product in ("qk", "ov"):
+        torch.testing.assert_close(fast[product].sv, stable[product].sv, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(fast[product].imbalance, stable[product].imbalance, rtol=1e-10, atol=1e-15)
+
+
+def test_grouped_query_heads_pair_with_their_kv_head():
+    q, k, v, o = random_attention(64, n_heads=8, n_kv=2, seed=3)
+    spectra = layer_spectra(q, k, v, o, 8)
+    for h, qk, ov in naive_head_products(q, k, v, o, 8, n_kv=2):
+        torch.testing.assert_close(spectra["qk"].sv[h], naive_sv(qk, 8), rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(spectra["ov"].sv[h], naive_sv(ov, 8), rtol=1e-10, atol=1e-14)
+
+
+def test_float32_arithmetic_agrees_with_float64():
+    q, k, v, o = random_attention(64, n_heads=4, n_kv=4, seed=4)
+    exact, fast = layer_spectra(q, k, v, o, 16), layer_spectra(q, k, v, o, 16, dtype=torch.float32)
+    for product in ("qk", "ov"):
+        torch.testing.assert_close(fast[product].sv.double(), exact[product].sv, rtol=1e-4, atol=1e-9)
+
+
+def balanced_factors(sv: list[float], d_model: int = 40, scale: float = 1.0):
+    """A = U diag(√σ)·scale, B = V diag(√σ)/scale: the product U diag(σ) Vᵀ whatever the scale; balanced
+    (AᵀA = BᵀB) exactly when scale is 1."""
+    g = torch.Generator().manual_seed(5)
+    k = len(sv)
+    u = torch.linalg.qr(torch.randn(d_model, k, generator=g, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(d_model, k, generator=g, dtype=torch.float64))[0]
+    root = torch.tensor(sv, dtype=torch.float64).sqrt()
+    return (u * root * scale).unsqueeze(0), (w * root / scale).unsqueeze(0)
+
+
+def test_metrics_match_their_definitions():
+    sv = [4.0, 2.0, 1.0, 0.03, 0.001, 0.0]
+    a, b = balanced_factors(sv)
+    m = {name: values[0] for name, values in head_metrics(product_spectra(a, b), rtol=1e-2, atol=0.02).items()}
+    s = np.array(sv)
+    p = s[s > 0] / s.sum()
+    assert m["rank"] == 3  # σ > 1e-2 · 4: 4, 2, 1
+    assert m["rank_atol"] == 4  # σ > 0.02: 4, 2, 1, 0.03
+    assert m["effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    assert m["stable_rank"] == pytest.approx((s ** 2).sum() / 16, rel=1e-9)
+    assert m["sv_max"] == pytest.approx(4.0, rel=1e-12)
+    assert m["nuclear"] == pytest.approx(s.sum(), rel=1e-12)
+    assert m["l2_half"] == pytest.approx(s.sum(), rel=1e-12)  # ‖A‖² = ‖B‖² = Σσ when balanced
+    assert m["balance"] == pytest.approx(1.0, rel=1e-12)
+    assert m["imbalance"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rank_counts_strictly_above_rtol_times_sigma_max():
+    a, b = balanced_factors([1.0, 0.5, 0.0101, 0.0099])
+    assert head_metrics(product_spectra(a, b), rtol=1e-2)["rank"][0] == 3
+    assert head_metrics(product_spectra(a, b), rtol=0.6)["rank"][0] == 1
+
+
+def test_unbalanced_factors_keep_the_product_but_not_the_balance():
+    sv, c = [3.0, 1.0, 0.5], 2.0
+    a, b = balanced_factors(sv, scale=c)
+    m = {name: values[0] for name, values in head_metrics(product_spectra(a, b)).items()}
+    assert m["nuclear"] == pytest.approx(4.5, rel=1e-12)
+    assert m["l2_half"] == pytest.approx((c ** 2 + c ** -2) / 2 * 4.5, rel=1e-12)
+    assert m["balance"] == pytest.approx(2 / (c ** 2 + c ** -2), rel=1e-12)
+    # AᵀA − BᵀB = (c² − c⁻²) diag(σ)
+    assert m["imbalance"] == pytest.approx((c ** 2 - c ** -2) * math.sqrt(sum(x * x for x in sv)), rel=1e-10)
+
+
+def test_zero_head_is_rank_zero_with_undefined_balance():
+    zeros = torch.zeros(1, 16, 4, dtype=torch.float64)
+    m = head_metrics(product_spectra(zeros, zeros))
+    assert m["rank"][0] == 0 and m["rank_atol"][0] == 0 and m["effective_rank"][0] == 0
+    assert m["stable_rank"][0] == 0 and m["nuclear"][0] == 0 and math.isnan(m["balance"][0])
+
+
+def test_default_rtol_sees_through_bf16_storage():
+    """Rank-8 heads of width 32 saved in bf16: storage rounding fills the spectrum with small singular values,
+    which a tight tolerance counts and the default does not."""
+    g = torch.Generator().manual_seed(6)
+    d_model, dh, r = 256, 32, 8
+    q = (torch.randn(dh, r, generator=g) @ torch.randn(r, d_model, generator=g)) * 0.02
+    k = (torch.randn(dh, r, generator=g) @ torch.randn(r, d_model, generator=g)) * 0.02
+    v, o = torch.randn(dh, d_model, generator=g) * 0.02, torch.randn(d_model, dh, generator=g) * 0.02
+    spectra = layer_spectra(q.bfloat16(), k.bfloat16(), v.bfloat16(), o.bfloat16(), dh)
+    assert head_metrics(spectra["qk"], rtol=DEFAULT_RTOL)["rank"][0] == r
+    assert head_metrics(spectra["qk"], rtol=1e-6)["rank"][0] > r  # the bf16 noise floor is really there
+    assert head_metrics(spectra["ov"], rtol=DEFAULT_RTOL)["rank"][0] == dh
+
+
+def test_heads_that_do_not_fit_the_width_are_rejected():
+    q, k, v, o = random_attention(32, n_heads=4, n_kv=4)
+    with pytest.raises(ValueError, match="do not split into heads of width 5"):
+        layer_spectra(q, k, v, o, 5)
+    with pytest.raises(ValueError, match="do not split"):
+        layer_spectra(q, k[:16], v, o, 8)
+
+
+def test_spectra_are_heads_first_float64_on_cpu():
+    q, k, v, o = random_attention(32, n_heads=4, n_kv=4)
+    s = layer_spectra(q, k, v, o, 8)["qk"]
+    assert isinstance(s, Spectra) and s.sv.shape == (4, 8) and s.sv.dtype == torch.float64
+    assert (s.sv[:, :-1] >= s.sv[:, 1:]).all()
