@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit analyze bench-rank test clean-venv
+.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ OUT ?= $(CKPT)/rank
 RANK_ARGS ?=
 analyze: $(STAMP)
 	$(PY) tools/rank_analysis.py $(CKPT) --out $(OUT) $(RANK_ARGS)
+
+# Attention kernels and training throughput on this machine's GPUs (or CPU), in one call.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) tools/bench.py --json runs/bench.json $(BENCH_ARGS)
 
 # A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
 bench-rank: $(STAMP)

@@ -48,7 +48,8 @@ def train_main(argv: list[str] | None = None) -> int:
     except MegarankError as err:
         return _fail(err)
     if last and os.environ.get("RANK", "0") == "0":
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
+        # the per-layer ranks stay in metrics.jsonl and TensorBoard; the model-wide means are shown
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items() if "/layer" not in k}
         logging.getLogger("megarank").info("done: %s", shown)
     return 0
 

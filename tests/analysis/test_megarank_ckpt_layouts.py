@@ -8,6 +8,8 @@ single-process references:
   matrices and analysed by naive SVD; the fp32 master copy (DeepSpeed's zero_to_fp32, one TP rank at a time)
   equals the module weights; and `compare` of this run (wd_attn=0) with the reference (wd_attn=0.1) puts
   wd_attn on the x axis.
+- ZeRO-0 (1 process, no optimizer partitions): the numbers of the reference at the same step; it holds no
+  separate master copy, so --weights fp32 is refused.
 - ZeRO-3 at TP=2 × DP=2 (4 processes: each TP rank's heads partitioned over 2 data-parallel ranks): the
   numbers of the ZeRO-2 TP=2 run, which saw the same data in the same order.
 - The ranks each of these runs logged while training (analysis.every: ZeRO-3 gathers each layer, TP ranks
@@ -131,6 +133,18 @@ def test_zero3_missing_or_truncated_partition(zero3_run, tmp_path, capsys):
     partition.unlink()
     line = run_cli_error(capsys, broken, "--out", tmp_path / "out")
     assert f"'{partition}' is missing" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero0_matches_the_reference_and_has_no_master_copy(reference_run, tiny_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "zero0"
+    run_training(run_dir, tiny_corpus, "train.max_steps=4", "checkpoint.every=0", "zero.stage=0")
+    table, reference = table_of(run_dir), table_of(tag(reference_run, 4))
+    assert table.info.details["zero_stage"] == 0 and table.info.details["step"] == 4
+    for product in PRODUCTS:
+        np.testing.assert_allclose(table.sv[product], reference.sv[product], rtol=1e-5, atol=1e-9)
+    line = run_cli_error(capsys, run_dir, "--out", tmp_path / "out", "--weights", "fp32")
+    assert "ZeRO-0" in line and "--weights module" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -1,0 +1,144 @@
+"""`make bench`: megarank's speed and memory in one call, on whatever this machine has (GPU or CPU).
+
+    python tools/bench.py [--json runs/bench.json] [--steps 30] [--config CONFIG] [OVERRIDE ...]
+
+1. Attention kernels: forward + backward of every backend that can run here (flash_attn, SDPA, the math
+   reference) on one causal attention of GPT-2-small shape (GPU: batch 8, 12 heads, 1024 tokens, d_head 64,
+   bf16; CPU: batch 2, 4 heads, 256 tokens, fp32), median of timed repeats after warm-up, and the largest
+   difference of each backend's output from the math path.
+2. Training: the real entry point (the DeepSpeed launcher over every local GPU, or one CPU process) for
+   --steps steps of the config — GPT-2 small at 1024 tokens on GPU, the `make pretrain` default on CPU — on the
+   embedded corpus; the median over the steps after the first five of tokens/s, step time and MFU, and the
+   peak GPU memory, read back from the run's metrics.jsonl.
+Prints a table and writes everything, device named, as JSON. Targets are judged from this file's output, never
+in timed unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from megarank.models.attention import HAS_FLASH_ATTN, attention
+
+REPO = Path(__file__).resolve().parents[1]
+# GPT-2 small at 1024 tokens on the embedded corpus: what a GPU is measured on unless --config says otherwise
+GPU_OVERRIDES = ["model.n_layers=12", "model.d_model=768", "model.n_heads=12", "model.seq_len=1024",
+                 "train.micro_batch=16", "train.precision=bf16"]
+WARMUP_STEPS = 5
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def time_call(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` runs after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_attention() -> list[dict]:
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    batch, heads, tokens, d_head = (8, 12, 1024, 64) if gpu else (2, 4, 256, 64)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, tokens, d_head, device=device, dtype=dtype, generator=gen)
+               .requires_grad_() for _ in range(3))
+    reference = attention(q, k, v, causal=True, backend="math").float()
+    backends = ["math", "sdpa"] + (["flash"] if HAS_FLASH_ATTN and gpu else [])
+    # causal attention: half the score matrix, forward (2 matmuls) + backward (2x forward)
+    flops = 3 * 2 * 2 * batch * heads * tokens * tokens * d_head / 2
+    rows = []
+    for backend in backends:
+        def step():
+            out = attention(q, k, v, causal=True, backend=backend)
+            out.sum().backward()
+
+        seconds = time_call(step, device, repeats=20 if gpu else 5)
+        with torch.no_grad():
+            error = (attention(q, k, v, causal=True, backend=backend).float() - reference).abs().max().item()
+        rows.append({"backend": backend, "shape": [batch, heads, tokens, d_head], "dtype": str(dtype)[6:],
+                     "fwd_bwd_ms": seconds * 1e3, "tflops": flops / seconds / 1e12, "max_abs_diff_vs_math": error})
+    return rows
+
+
+def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
+    gpu = torch.cuda.is_available()
+    default_gpu = [*GPU_OVERRIDES, f"train.global_batch={16 * torch.cuda.device_count()}"] if gpu else []
+    args = [config or "configs/default.yaml", *(default_gpu if config is None else []), *extra]
+    with tempfile.TemporaryDirectory(prefix="megarank-bench-") as tmp:
+        overrides = [f"train.run_dir={tmp}/run", f"train.max_steps={steps}", "train.eval_every=0",
+                     "checkpoint.every=0", "analysis.every=0", "train.progress=false"]
+        if gpu:
+            command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(torch.cuda.device_count()),
+                       "--module", "megarank.train", *args, *overrides]
+        else:
+            command = [sys.executable, "-m", "megarank.train", *args, *overrides]
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"error: the training run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
+    if not timed:
+        raise SystemExit(f"error: --steps {steps} leaves no step after the {WARMUP_STEPS} warm-up steps; raise it")
+    key = "tokens_per_s" if "tokens_per_s" in timed[0] else "samples_per_s"
+    result = {"command": " ".join(args), "steps": steps, "wall_s": wall,
+              key: statistics.median(r[key] for r in timed),
+              "step_time_s": statistics.median(r["step_time_s"] for r in timed),
+              "final_loss": records[-1].get("loss")}
+    if gpu:
+        result["mfu"] = statistics.median(r["mfu"] for r in timed)
+        result["peak_mem_gb"] = max(r["peak_mem_gb"] for r in timed)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, default=None, help="write the results here as well")
+    parser.add_argument("--steps", type=int, default=30, help="training steps (the first five are not timed)")
+    parser.add_argument("--config", default=None, help="training config (default: GPT-2 small on GPU, the "
+                                                        "make-pretrain default on CPU)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for the training run")
+    args = parser.parse_args()
+    results = {"device": device_name(), "torch": torch.__version__, "flash_attn": HAS_FLASH_ATTN,
+               "attention": bench_attention(), "training": bench_training(args.steps, args.config, args.overrides)}
+    print(f"device: {results['device']}  torch {results['torch']}  flash_attn installed: {HAS_FLASH_ATTN}")
+    for row in results["attention"]:
+        print(f"attention {row['backend']:<6} {row['dtype']:<8} {'x'.join(map(str, row['shape'])):<16} "
+              f"fwd+bwd {row['fwd_bwd_ms']:8.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
+              f"max |diff vs math| {row['max_abs_diff_vs_math']:.1e}")
+    train = results["training"]
+    print("training  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in train.items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
