@@ -71,5 +71,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def train_steps(run_dir: Path) -> list[int]:
+    """The step of every training record, in file order (validation and rank records are separate)."""
+    return [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+
+
 def train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}

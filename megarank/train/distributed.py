@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,5 +51,26 @@ def init_distributed() -> World:
         device, backend = torch.device("cpu"), "gloo"
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        if device.type == "cpu":
+            release_shm_name()
     return World(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                  local_rank=local_rank, device=device)
+
+
+def shm_buffer_path(rank: int) -> Path:
+    """Where DeepSpeed's CPU shared-memory all-reduce (its shm comm op, csrc/cpu/comm/shm.cpp) puts this rank's
+    buffer: named by user, MASTER_ADDR and MASTER_PORT, so each job's processes find each other's."""
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+                               f"{os.environ['MASTER_PORT']}_{rank}")
+
+
+def release_shm_name() -> None:
+    """Unlink this rank's shm all-reduce buffer name once every rank has mapped every buffer.
+
+    DeepSpeed creates a ~69 MB /dev/shm file per process and never unlinks it, so each CPU run leaves its
+    processes' buffers in RAM (tmpfs) after exit: a machine that runs many jobs, or the test suite, fills up and
+    meets the OOM killer. Each rank maps all its peers' buffers inside init_distributed and never opens them by
+    name again, so after a barrier the names can go; the mappings stay valid until the processes exit, and then
+    the memory is freed, even after a SIGKILL."""
+    torch.distributed.barrier()
+    shm_buffer_path(torch.distributed.get_rank()).unlink(missing_ok=True)

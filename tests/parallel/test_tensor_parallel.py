@@ -15,7 +15,7 @@ from megarank.config import load_config
 from megarank.models.gpt import GPT
 from megarank.train.batches import micro_batch, open_text_data
 from megarank.train.tasks import set_vocab_size
-from tests.helpers import REPO, TINY, clean_env, free_port, read_metrics, run_training, train_losses, VENV_BIN
+from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port, run_training, train_losses, train_steps
 
 LAYOUTS = {  # name: (tp, processes, zero stage)
     "tp2-dp1-zero1": (2, 2, 1),
@@ -52,7 +52,7 @@ def test_resume_at_tp2_is_bitwise(tp_runs, tiny_corpus, tmp_path):
     run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=4", "zero.stage=1", "parallel.tp=2",
                  nproc=2)
     assert train_losses(run_dir) == train_losses(tp_runs["tp2-dp1-zero1"])
-    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 9))
+    assert train_steps(run_dir) == list(range(1, 9))
 
 
 def reference_gradients(corpus) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import sys
 import time
 
 from megarank.train.checkpoint import COMPLETE_MARKER, complete_checkpoints
-from tests.helpers import REPO, TINY, clean_env, read_metrics, run_training, train_losses
+from tests.helpers import REPO, TINY, clean_env, read_metrics, run_training, train_losses, train_steps
 
 
 def test_sigterm_saves_and_exits_cleanly(tiny_corpus, tmp_path):
@@ -35,7 +35,7 @@ def test_sigterm_saves_and_exits_cleanly(tiny_corpus, tmp_path):
     assert marker["step"] == last_logged and marker["layout"] == {"tp": 1, "dp": 1, "world_size": 1}
 
     run_training(run_dir, tiny_corpus, "train.max_steps=%d" % (last_logged + 2), "checkpoint.every=0")
-    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, last_logged + 3))
+    assert train_steps(run_dir) == list(range(1, last_logged + 3))
 
 
 def test_sigkill_during_save_falls_back_to_previous(reference_run, tiny_corpus, tmp_path):

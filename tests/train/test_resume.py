@@ -8,7 +8,7 @@ import shutil
 import torch
 
 from megarank.train.checkpoint import complete_checkpoints
-from tests.helpers import read_metrics, run_training, train_losses
+from tests.helpers import run_training, train_losses, train_steps
 
 
 def final_weights(run_dir):
@@ -26,7 +26,7 @@ def test_resume_is_bitwise_identical(reference_run, tiny_corpus, tmp_path):
     run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=4", "zero.stage=1")
 
     assert train_losses(run_dir) == train_losses(reference_run)
-    steps = [r["step"] for r in read_metrics(run_dir)]
+    steps = train_steps(run_dir)
     assert steps == sorted(set(steps)) == list(range(1, 9)), "each step logged exactly once after resume"
     step, resumed = final_weights(run_dir)
     _, straight = final_weights(reference_run)
@@ -43,4 +43,4 @@ def test_resume_two_processes_zero3(tiny_corpus, tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "global_step6")
     run_training(resumed, tiny_corpus, "train.max_steps=6", *common, nproc=2)
     assert train_losses(resumed) == train_losses(straight)
-    assert [r["step"] for r in read_metrics(resumed)] == list(range(1, 7))
+    assert train_steps(resumed) == list(range(1, 7))
