@@ -60,8 +60,8 @@ def init_distributed() -> World:
 def shm_buffer_path(rank: int) -> Path:
     """Where DeepSpeed's CPU shared-memory all-reduce (its shm comm op, csrc/cpu/comm/shm.cpp) puts this rank's
     buffer: named by user, MASTER_ADDR and MASTER_PORT, so each job's processes find each other's."""
-    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
-                               f"{os.environ['MASTER_PORT']}_{rank}")
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")  # "" as shm.cpp reads them
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
 
 
 def release_shm_name() -> None:
