@@ -111,7 +111,8 @@ def train(cfg: ExperimentConfig) -> dict:
                 metrics.log({"step": step, **record})
                 last = {**last, **record}
         if cfg.analysis.every and (step % cfg.analysis.every == 0 or step == cfg.train.max_steps):
-            record = attention_rank_record(engine.module, cfg, layout, world.device)
+            record = attention_rank_record(engine.module, cfg.analysis, n_heads=cfg.model.n_heads,
+                                           partitioned=cfg.zero.stage == 3, layout=layout, device=world.device)
             metrics.log({"step": step, **record})
             last = {**last, **record}
         stop = preemption.should_stop(world.device)

@@ -13,19 +13,20 @@ import torch.distributed as dist
 from torch import nn
 
 from megarank.analysis.live import attention_rank_summary
-from megarank.config import ExperimentConfig
+from megarank.config import AnalysisConfig
 from megarank.parallel.layout import ParallelLayout
 
 
-def attention_rank_record(module: nn.Module, cfg: ExperimentConfig, layout: ParallelLayout,
-                          device: torch.device) -> dict[str, float]:
-    """{'rank/qk_mean/layer0': ..., 'rank/qk_mean': ..., 'effective_rank/ov_mean': ..., ...} for the model."""
+def attention_rank_record(module: nn.Module, analysis: AnalysisConfig, *, n_heads: int, partitioned: bool,
+                          layout: ParallelLayout, device: torch.device) -> dict[str, float]:
+    """{'rank/qk_mean/layer0': ..., 'rank/qk_mean': ..., 'effective_rank/ov_mean': ..., ...} for the model.
+    n_heads: the model's total head count; partitioned: ZeRO-3 holds the parameters in partitions."""
     gather = None
-    if cfg.zero.stage == 3:
+    if partitioned:
         import deepspeed
 
         gather = deepspeed.zero.GatheredParameters  # modifier_rank=None: read-only, re-partitioned on exit
-    summary = attention_rank_summary(module, cfg.model.n_heads, cfg.analysis.rtol, gather=gather)
+    summary = attention_rank_summary(module, n_heads, analysis.rtol, gather=gather)
     if layout.tp_size == 1:
         return summary
     keys = sorted(summary)
