@@ -240,7 +240,7 @@ class AnalysisConfig:
     every: int = 100
     """Log the mean rank of W_Q,h^T W_K,h and W_O,h W_V,h per layer every this many steps (and at the end) to
     TensorBoard and metrics.jsonl; 0 disables."""
-    rtol: float = 0.01
+    rtol: float = 0.01  # megarank-rank's default (analysis/spectra.py DEFAULT_RTOL); a test keeps them equal
     """A singular value counts towards the rank when it exceeds rtol times the head's largest."""
 
     def __post_init__(self) -> None:

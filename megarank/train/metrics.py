@@ -43,8 +43,12 @@ class MetricsLogger:
         self._file.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                # 'rank/qk_mean/layer0' and the like keep their own TensorBoard sections
-                tag = key if "/" in key else f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                if "/" in key:  # 'rank/qk_mean/layer0' and the like name their own TensorBoard section
+                    tag = key
+                elif key.startswith("val_"):
+                    tag = f"val/{key[4:]}"
+                else:
+                    tag = f"train/{key}"
                 self._tb.add_scalar(tag, value, record["step"])
 
     def close(self) -> None:

@@ -66,3 +66,10 @@ def test_partitioned_weights_are_refused(reference_run):
         attention_rank_summary(model, n_heads=4, rtol=1e-2)
     with pytest.raises(ValueError, match="no attention modules"):
         attention_rank_summary(nn.Linear(3, 3), n_heads=1, rtol=1e-2)
+
+
+def test_training_logs_at_the_tools_default_rtol():
+    from megarank.analysis.spectra import DEFAULT_RTOL
+    from megarank.config import AnalysisConfig
+
+    assert AnalysisConfig().rtol == DEFAULT_RTOL

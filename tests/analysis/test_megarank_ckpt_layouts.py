@@ -33,28 +33,28 @@ from megarank.analysis.spectra import PRODUCTS
 from tests.helpers import read_metrics, run_training
 
 
+def launched_run(tmp_path_factory, corpus, name: str, *overrides: str, nproc: int):
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    run_training(run_dir, corpus, "checkpoint.every=0", *overrides, nproc=nproc)
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def zero3_run(tiny_corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("zero3") / "run"
-    run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=0", "zero.stage=3",
-                 "analysis.every=4", nproc=2)
-    return run_dir
+    return launched_run(tmp_path_factory, tiny_corpus, "zero3", "train.max_steps=8", "zero.stage=3",
+                        "analysis.every=4", nproc=2)
 
 
 @pytest.fixture(scope="module")
 def tp2_run(tiny_corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tp2") / "run"
-    run_training(run_dir, tiny_corpus, "train.max_steps=4", "checkpoint.every=0", "zero.stage=2", "parallel.tp=2",
-                 "optim.wd_attn=0", "analysis.every=2", nproc=2)
-    return run_dir
+    return launched_run(tmp_path_factory, tiny_corpus, "tp2", "train.max_steps=4", "zero.stage=2", "parallel.tp=2",
+                        "optim.wd_attn=0", "analysis.every=2", nproc=2)
 
 
 @pytest.fixture(scope="module")
 def tp2_zero3_run(tiny_corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tp2_zero3") / "run"
-    run_training(run_dir, tiny_corpus, "train.max_steps=4", "checkpoint.every=0", "zero.stage=3", "parallel.tp=2",
-                 "optim.wd_attn=0", "analysis.every=2", nproc=4)
-    return run_dir
+    return launched_run(tmp_path_factory, tiny_corpus, "tp2_zero3", "train.max_steps=4", "zero.stage=3",
+                        "parallel.tp=2", "optim.wd_attn=0", "analysis.every=2", nproc=4)
 
 
 @pytest.mark.parametrize("weights", ["module", "fp32"])

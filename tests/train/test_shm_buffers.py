@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO, clean_env, free_port, run_training
 
 SCRIPT = """
@@ -29,7 +27,6 @@ def buffers() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
 
 
-@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this OS")
 def test_deepspeed_creates_the_buffer_and_release_unlinks_it():
     # LOCAL_SIZE == WORLD_SIZE (as the DeepSpeed launcher sets it) is what turns the shm all-reduce on
     env = clean_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -42,7 +39,6 @@ def test_deepspeed_creates_the_buffer_and_release_unlinks_it():
     assert "after release False" in proc.stdout
 
 
-@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this OS")
 def test_runs_leave_no_shared_memory_behind(tiny_corpus, tmp_path):
     before = buffers()
     run_training(tmp_path / "run", tiny_corpus, "train.max_steps=2", "checkpoint.every=0", nproc=2)
