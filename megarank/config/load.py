@@ -20,20 +20,21 @@ from megarank.config.schema import ExperimentConfig
 from megarank.errors import MegarankError
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The resolved, checked ExperimentConfig for an experiment file plus dot-list overrides."""
-    return to_object(compose(path, overrides))
+def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = ExperimentConfig):
+    """The resolved, checked config (an ExperimentConfig unless another dataclass `schema` is given, such as a
+    paper experiment's) for a YAML file plus dot-list overrides."""
+    return to_object(compose(path, overrides, schema))
 
 
-def compose(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+def compose(path: str | Path, overrides: Sequence[str] = (), schema: type = ExperimentConfig) -> DictConfig:
     """The merged OmegaConf tree (schema <- parts <- file <- overrides), still a DictConfig."""
-    merged = OmegaConf.structured(ExperimentConfig)
+    merged = OmegaConf.structured(schema)
     for part in _read_with_defaults(Path(path), chain=()):
-        merged = _merge(merged, part)
+        merged = _merge(merged, part, schema)
     for item in overrides:
         if "=" not in item:
             raise MegarankError(f"override '{item}' is not key=value; write e.g. train.max_steps=50")
-    return _merge(merged, OmegaConf.from_dotlist(list(overrides))) if overrides else merged
+    return _merge(merged, OmegaConf.from_dotlist(list(overrides)), schema) if overrides else merged
 
 
 def to_object(cfg: DictConfig) -> ExperimentConfig:
@@ -48,7 +49,7 @@ def to_object(cfg: DictConfig) -> ExperimentConfig:
         raise MegarankError(f"config error: {_first_line(err)}") from None
 
 
-def to_yaml(cfg: ExperimentConfig) -> str:
+def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
@@ -72,20 +73,20 @@ def _read_with_defaults(path: Path, chain: tuple[Path, ...]) -> list[DictConfig]
     return parts
 
 
-def _merge(base: DictConfig, other: DictConfig) -> DictConfig:
+def _merge(base: DictConfig, other: DictConfig, schema: type = ExperimentConfig) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as err:
         key = err.full_key or str(err.key)
-        raise MegarankError(f"unknown config key '{key}'{_did_you_mean(key)}") from None
+        raise MegarankError(f"unknown config key '{key}'{_did_you_mean(key, schema)}") from None
     except ValidationError as err:
         raise MegarankError(f"config key '{err.full_key}': {_first_line(err)}") from None
     except OmegaConfBaseException as err:
         raise MegarankError(f"config error at '{getattr(err, 'full_key', '?')}': {_first_line(err)}") from None
 
 
-def _did_you_mean(full_key: str) -> str:
-    leaves = valid_keys(ExperimentConfig)
+def _did_you_mean(full_key: str, schema: type = ExperimentConfig) -> str:
+    leaves = valid_keys(schema)
     candidates = sorted(set(leaves) | {k.rsplit(".", 1)[0] for k in leaves if "." in k})  # sections too
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     siblings = [c for c in candidates if c.rsplit(".", 1)[0] == parent] if parent else candidates
