@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv
+.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce
 
 install: $(STAMP)
 
@@ -63,6 +63,17 @@ bench: $(STAMP)
 # A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
 bench-rank: $(STAMP)
 	$(PY) tools/bench_rank.py --json runs/bench_rank.json
+
+# The paper's experiments (configs/experiments/paper/): make exp-factorized, exp-scalar, exp-icl, exp-lm-sweep,
+# exp-vit-sweep, exp-pretrained; EXP_CONFIG picks a preset, OVERRIDES changes any knob, MODEL= the pretrained dir.
+EXP_CONFIG ?=
+MODEL ?=
+exp-%: $(STAMP)
+	$(PY) -m megarank.experiments $* $(if $(EXP_CONFIG),--config $(EXP_CONFIG)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
+
+# Every experiment's CPU default in sequence (finished ones are kept), then runs/paper/REPORT.md.
+reproduce: $(STAMP)
+	$(PY) -m megarank.experiments reproduce
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -238,8 +238,9 @@ class AnalysisConfig:
     """Attention rank logged during training (the same metrics as megarank-rank, means per layer)."""
 
     every: int = 100
-    """Log the mean rank of W_Q,h^T W_K,h and W_O,h W_V,h per layer every this many steps (and at the end) to
-    TensorBoard and metrics.jsonl; 0 disables."""
+    """Log the mean rank of W_Q,h^T W_K,h and W_O,h W_V,h per layer, and the Frobenius norm of each weight-decay
+    group's parameters (weight_norm/attn, /mlp, /other, /no_decay, /total), every this many steps (and at the
+    end) to TensorBoard and metrics.jsonl; 0 disables."""
     rtol: float = 0.01  # megarank-rank's default (analysis/spectra.py DEFAULT_RTOL); a test keeps them equal
     """A singular value counts towards the rank when it exceeds rtol times the head's largest."""
 

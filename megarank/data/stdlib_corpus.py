@@ -3,12 +3,22 @@
 About 10 MB of real, varied code that needs no download, so a fresh checkout can train a small GPT offline.
 The first call tokenizes it (tokenizer trained on the train split only) into a cache directory named after
 the Python version, the vocab size and a hash of the file list, so later runs start at once.
+
+Splits, all by file:
+    train, val  the library's own modules (its test suites excluded); every 50th file in sorted order is val.
+    test        a sample of the library's regression tests (top-level Lib/test/test_*.py, every 25th in
+                sorted order), files neither train nor val can hold. Built on demand by the evaluator
+                (ensure_stdlib_test_split), with the same tokenizer, into the same cache directory and under
+                the same lock, so caches built before it existed gain it and train/val never change. Test
+                code is not library code (more asserts and fixtures), so its perplexity sits above val's:
+                compare test numbers with test numbers.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -33,35 +43,56 @@ _BUILD_VERSION = 1
 _TOKENIZER_CHARS = 5_000_000
 _ENCODE_BATCH_FILES = 64
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
+# Every 25th of the ~400 Lib/test/test_*.py files: ~16 files, ~0.5 MB, about the size of the val split.
+_TEST_EVERY = 25
 
 
 @dataclass(frozen=True)
 class StdlibDataset:
-    """Where a built stdlib corpus lives: its tokenizer model and its train/val shard directories."""
+    """Where a built stdlib corpus lives: its tokenizer model and its train/val/test shard directories (test/
+    exists only once ensure_stdlib_test_split has built it)."""
 
     tokenizer_path: Path
     train_dir: Path
     val_dir: Path
+
+    @property
+    def test_dir(self) -> Path:
+        return self.train_dir.parent / "test"
 
 
 def stdlib_source_files() -> list[Path]:
     """Every .py file of the standard library, sorted, minus its test suites, installed packages and files
     that are not valid UTF-8 (a few test fixtures are deliberately broken)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for path in sorted(root.rglob("*.py")):
-        if _EXCLUDED_DIRS.intersection(path.relative_to(root).parts[:-1]):
-            continue
-        try:
-            path.read_bytes().decode("utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        files.append(path)
+    files = [path for path in sorted(root.rglob("*.py"))
+             if not _EXCLUDED_DIRS.intersection(path.relative_to(root).parts[:-1]) and _readable(path)]
     if not files:
         raise MegarankError(
             f"no standard library .py files under {root}; this Python ships without sources, "
             f"install its source package or point data.source at a preprocessed data set"
         )
+    return files
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except (UnicodeDecodeError, OSError):
+        return False
+    return True
+
+
+def stdlib_test_files(test_every: int = _TEST_EVERY) -> list[Path]:
+    """The test split's files: every test_every-th of the standard library's top-level regression tests
+    (Lib/test/test_*.py, sorted, valid UTF-8), starting with the first. stdlib_source_files() excludes every
+    directory named test, so none of these is a train or val file."""
+    root = Path(sysconfig.get_paths()["stdlib"]) / "test"
+    files = [path for path in sorted(root.glob("test_*.py")) if _readable(path)][::test_every]
+    if not files:
+        raise MegarankError(f"no regression tests (test_*.py) under {root}: this Python ships without its test "
+                            "suite (Debian/Ubuntu: install libpython3-testsuite), so the stdlib corpus has no test "
+                            "split; pass --data DIR with a test/ split")
     return files
 
 
@@ -95,11 +126,11 @@ def ensure_stdlib_dataset(
     """
     files = stdlib_source_files() if files is None else sorted(Path(f) for f in files)
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / _cache_name(files, vocab_size)
-    dataset = StdlibDataset(target / "tokenizer.model", target / "train", target / "val")
+    dataset = stdlib_dataset_location(cache_dir, vocab_size, files=files)
+    target = dataset.train_dir.parent
     if target.is_dir():
         return dataset
+    cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if target.is_dir():  # another process built it while we waited
@@ -112,6 +143,66 @@ def ensure_stdlib_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dataset
+
+
+def stdlib_dataset_location(cache_dir: str | Path, vocab_size: int, *, files: list[Path] | None = None
+                            ) -> StdlibDataset:
+    """Where ensure_stdlib_dataset keeps (or would build) the corpus of `files` (default: this Python's
+    stdlib_source_files()); builds nothing, so its directories may not exist."""
+    files = stdlib_source_files() if files is None else sorted(Path(f) for f in files)
+    target = Path(cache_dir) / _cache_name(files, vocab_size)
+    return StdlibDataset(target / "tokenizer.model", target / "train", target / "val")
+
+
+def ensure_stdlib_test_split(
+    dataset: StdlibDataset,
+    *,
+    show_progress: bool = True,
+    test_files: list[Path] | None = None,
+) -> Path:
+    """dataset.test_dir, tokenized with the dataset's own tokenizer on first use; train/ and val/ are not touched.
+
+    `test_files` replaces the default sample (stdlib_test_files()); they must be neither train nor val files.
+    Built like the corpus itself: in a temporary directory renamed into place, under the cache's lock."""
+    target = dataset.test_dir
+    if target.is_dir():
+        return target
+    cache = target.parent
+    if not (dataset.train_dir.is_dir() and dataset.tokenizer_path.is_file()):
+        raise MegarankError(f"'{cache}' is not a built stdlib corpus (no train/ or tokenizer.model)")
+    test_files = stdlib_test_files() if test_files is None else sorted(Path(f) for f in test_files)
+    with open(cache.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if target.is_dir():  # another process built it while we waited
+            return target
+        tokenizer = Tokenizer(dataset.tokenizer_path)
+        seen = set()
+        for split in ("train", "val"):
+            seen.update(json.loads((cache / split / "index.json").read_text()).get("files", []))
+        overlap = sorted(seen.intersection(str(f) for f in test_files))
+        if overlap:
+            raise MegarankError(f"test file '{overlap[0]}' is also a train or val file of '{cache}'; the test split "
+                                "must hold files the model never saw")
+        progress = tqdm(total=len(test_files), desc="tokenizing stdlib tests", unit="file", disable=not show_progress)
+        with progress:
+            write_shards(  # write_shards builds in a temporary sibling and renames it into place
+                _encode_files(tokenizer, test_files, progress),
+                target,
+                vocab_size=tokenizer.vocab_size,
+                eos_id=tokenizer.eos_id,
+                extra_meta=_split_meta("test", test_files, tokenizer),
+            )
+    return target
+
+
+def _split_meta(split: str, files: list[Path], tokenizer: Tokenizer) -> dict:
+    return {
+        "source": "python-stdlib",
+        "python": sys.version.split()[0],
+        "split": split,
+        "files": [str(f) for f in files],
+        "tokenizer_sha256": tokenizer.sha256,
+    }
 
 
 def _cache_name(files: list[Path], vocab_size: int) -> str:
@@ -144,13 +235,7 @@ def _build(files: list[Path], vocab_size: int, out: Path, show_progress: bool) -
                 out / split,
                 vocab_size=tokenizer.vocab_size,
                 eos_id=tokenizer.eos_id,
-                extra_meta={
-                    "source": "python-stdlib",
-                    "python": sys.version.split()[0],
-                    "split": split,
-                    "files": [str(f) for f in members],
-                    "tokenizer_sha256": tokenizer.sha256,
-                },
+                extra_meta=_split_meta(split, members, tokenizer),
             )
 
 

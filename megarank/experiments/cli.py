@@ -29,8 +29,30 @@ def load_experiment(name: str, config: str | None = None, overrides: list[str] =
     from megarank.config.load import load_config
 
     module = experiment_module(name)
-    cfg = load_config(config or default_config_path(name), overrides, schema=module.Config)
+    rest, axes = _split_axis_overrides(overrides)
+    cfg = load_config(config or default_config_path(name), rest, schema=module.Config)
+    if axes:
+        if not hasattr(cfg, "grid"):
+            raise MegarankError(f"experiment '{name}' has no grid: drop the grid.axes.* overrides")
+        cfg.grid.axes.update(axes)
+        cfg.__post_init__()  # re-check what depends on the axes
     return module, cfg
+
+
+def _split_axis_overrides(overrides) -> tuple[list[str], dict[str, list]]:
+    """Axis overrides apart: `grid.axes.optim.wd_attn=[0,3]` names the training key 'optim.wd_attn', which
+    OmegaConf's dot-list would split into nested keys."""
+    from omegaconf import OmegaConf
+
+    rest, axes = [], {}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq and key.startswith("grid.axes.") and len(key) > len("grid.axes."):
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+            axes[key[len("grid.axes."):]] = parsed if isinstance(parsed, list) else [parsed]
+        else:
+            rest.append(item)
+    return rest, axes
 
 
 def run_experiment(name: str, config: str | None = None, overrides: list[str] = (), *, force: bool = False,

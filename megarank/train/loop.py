@@ -1,6 +1,6 @@
 """The training run, top to bottom: check config -> process group -> task (data + model family) -> model ->
-tensor parallelism -> DeepSpeed engine -> resume -> steps (log, validate, attention rank, checkpoint,
-preemption) -> final checkpoint.
+tensor parallelism -> DeepSpeed engine -> resume -> steps (log, validate, attention rank and group weight
+norms, checkpoint, preemption) -> final checkpoint.
 
 Everything that can reject the user's input runs before the run directory is touched.
 """
@@ -27,6 +27,7 @@ from megarank.train.metrics import MetricsLogger
 from megarank.train.preemption import PreemptionHandler
 from megarank.train.rank_logging import attention_rank_record
 from megarank.train.throughput import mfu
+from megarank.train.weight_norms import weight_norm_record
 
 log = logging.getLogger("megarank")
 
@@ -111,8 +112,11 @@ def train(cfg: ExperimentConfig) -> dict:
                 metrics.log({"step": step, **record})
                 last = {**last, **record}
         if cfg.analysis.every and (step % cfg.analysis.every == 0 or step == cfg.train.max_steps):
+            partitioned = cfg.zero.stage == 3
             record = attention_rank_record(engine.module, cfg.analysis, n_heads=cfg.model.n_heads,
-                                           partitioned=cfg.zero.stage == 3, layout=layout, device=world.device)
+                                           partitioned=partitioned, layout=layout, device=world.device)
+            record |= weight_norm_record(engine.module, cfg.optim, partitioned=partitioned, layout=layout,
+                                         device=world.device)
             metrics.log({"step": step, **record})
             last = {**last, **record}
         stop = preemption.should_stop(world.device)

@@ -18,6 +18,8 @@ files. The fp32 master copy under ZeRO-1/2 is the exception: zero_to_fp32 concat
 in memory first (4 bytes per parameter of that rank), which is DeepSpeed's choice, not ours.
 Under TP, rank t holds the q/k/v rows and o columns of heads [t·n_heads/tp, (t+1)·n_heads/tp) under the TP=1
 names, so each rank's slice is a set of whole heads and is analysed as it lies.
+Other tensors: layers() yields the attention projections only; pass `names` to read more (megarank-eval reads
+every parameter) and take each TP rank's shard through tensor(t, name), read and validated alike.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -140,9 +142,12 @@ def read_marker(path: Path) -> dict:
 
 
 class MegarankCheckpoint(WeightSource):
-    """One complete tag, validated on open; layers() yields each layer's TP shards."""
+    """One complete tag, validated on open; layers() yields each layer's TP shards.
 
-    def __init__(self, tag_dir: Path, *, weights: str = "module", n_heads: int | None = None):
+    names: tensors to read besides the attention projections, each TP rank's shard through tensor(t, name)."""
+
+    def __init__(self, tag_dir: Path, *, weights: str = "module", n_heads: int | None = None,
+                 names: Sequence[str] = ()):
         if weights not in ("module", "fp32"):
             raise MegarankError(f"--weights must be 'module' or 'fp32', got '{weights}'")
         self.tag_dir, self.weights = tag_dir, weights
@@ -165,6 +170,8 @@ class MegarankCheckpoint(WeightSource):
                                                 "precision")} | {"weights": weights})
         self._views: list[Path] = []
         self._cast: dict[str, torch.dtype] | None = None  # ZeRO-3 module weights: the dtype to round to
+        attention = [attn_name(layer, role) for layer in range(self.info.n_layers) for role in ROLES]
+        self._names = attention + sorted(set(names) - set(attention))
         try:
             self._ranks = [self._open_rank(t, meta["dp"]) for t in range(self.tp)]
         except BaseException:
@@ -172,8 +179,9 @@ class MegarankCheckpoint(WeightSource):
             raise
 
     def _open_rank(self, t: int, dp: int) -> dict:
-        """{tensor name: tensor or lazily gathered tensor} of TP rank t's attention weights, validated."""
-        names = [attn_name(layer, role) for layer in range(self.info.n_layers) for role in ROLES]
+        """{tensor name: tensor or lazily gathered tensor} of TP rank t's attention weights (and `names`),
+        validated."""
+        names = self._names
         if self.weights == "module" and self.stage < 3:
             where = self.tag_dir / f"mp_rank_{t:02d}_model_states.pt"
             tensors = _load_states(where)
@@ -227,8 +235,8 @@ class MegarankCheckpoint(WeightSource):
         missing = [name for name in names if name not in tensors]
         if missing:
             found = ", ".join(list(tensors)[:3])
-            raise MegarankError(f"'{where}' has no tensor '{missing[0]}' ({len(missing)} attention weights "
-                                f"missing; found e.g. {found}): not megarank's GPT/ViT parameter names")
+            raise MegarankError(f"'{where}' has no tensor '{missing[0]}' ({len(missing)} weights missing; found "
+                                f"e.g. {found}): not megarank's GPT/ViT parameter names")
         for layer in range(self.info.n_layers):
             shapes = {role: (attn_name(layer, role), tuple(tensors[attn_name(layer, role)].shape)) for role in ROLES}
             if all(len(shape) == 1 and shape[0] == 0 for _, shape in shapes.values()):
@@ -236,20 +244,19 @@ class MegarankCheckpoint(WeightSource):
             check_head_shapes(shapes, n_q=self.n_local, n_kv=self.n_local, d_head=self.info.d_head,
                               d_model=self.info.d_model, where=str(where))
 
+    def _read(self, t: int, name: str) -> torch.Tensor:
+        tensor = self._ranks[t][name].contiguous().detach()  # gathers a lazy zero_to_fp32 tensor
+        return tensor.to(self._cast[name]) if self._cast is not None else tensor
+
     def layers(self) -> Iterator[list[AttentionShard]]:
-        cast = self._cast
         for layer in range(self.info.n_layers):
-            shards = []
-            for t, tensors in enumerate(self._ranks):
-                weights = {}
-                for role in ROLES:
-                    name = attn_name(layer, role)
-                    tensor = tensors[name].contiguous().detach()  # gathers a lazy zero_to_fp32 tensor
-                    if cast is not None:
-                        tensor = tensor.to(cast[name])
-                    weights[role] = tensor
-                shards.append(AttentionShard(layer=layer, first_head=t * self.n_local, **weights))
-            yield shards
+            yield [AttentionShard(layer=layer, first_head=t * self.n_local,
+                                  **{role: self._read(t, attn_name(layer, role)) for role in ROLES})
+                   for t in range(self.tp)]
+
+    def tensor(self, t: int, name: str) -> torch.Tensor:
+        """TP rank t's shard of `name` (an attention projection or one of `names`), in the module's dtype."""
+        return self._read(t, name)
 
     def close(self) -> None:
         for view in self._views:

@@ -1,0 +1,67 @@
+"""The per-group weight norms logged during training (megarank/train/weight_norms.py) against the same norms
+computed offline from the final checkpoint's weights: one process (ZeRO-1), and two processes at TP=2 under
+ZeRO-3 (sharded parameters summed over the TP ranks, replicated ones counted once, partitioned ones gathered),
+read back through megarank-rank's checkpoint reader (DeepSpeed's zero_to_fp32 for ZeRO-3). The groups are
+recomputed here from the rule table, first match wins, and the TP layout from the TP plan."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint, read_marker, resolve_tag
+from megarank.optim.groups import RULES
+from megarank.parallel.tensor_parallel import TP_PLAN
+from megarank.train.checkpoint import COMPLETE_MARKER
+from tests.helpers import read_metrics, run_training
+
+GROUPS = ("no_decay", "attn", "mlp", "other")
+
+
+def offline_norms(run_dir) -> dict[str, float]:
+    """weight_norm/<group> and weight_norm/total from the run's final checkpoint, every TP rank's shards."""
+    tag = resolve_tag(run_dir / "checkpoints")
+    meta = read_marker(tag / COMPLETE_MARKER)
+    states = tag / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if meta["zero_stage"] == 3
+                    else "mp_rank_00_model_states.pt")
+    names = list(torch.load(states, map_location="cpu", weights_only=False)["module"])
+    assert "lm_head.weight" in names and "wte.weight" in names
+    names.remove("lm_head.weight")  # tied to wte (tie_embeddings): one parameter, counted once
+    squares = dict.fromkeys(GROUPS, 0.0)
+    with MegarankCheckpoint(tag, names=names) as checkpoint:
+        for name in names:
+            group = next(rule.name for rule in RULES if re.search(rule.pattern, name))
+            module = name.rpartition(".")[0]
+            sharded = any(module == suffix or module.endswith("." + suffix) for suffix in TP_PLAN)
+            shards = [checkpoint.tensor(t, name).double() for t in range(meta["tp"])]
+            if not sharded:  # whole on every TP rank
+                for shard in shards[1:]:
+                    torch.testing.assert_close(shard, shards[0], rtol=0, atol=0)
+                shards = shards[:1]
+            squares[group] += sum(float(shard.square().sum()) for shard in shards)
+    return {**{f"weight_norm/{g}": math.sqrt(v) for g, v in squares.items()},
+            "weight_norm/total": math.sqrt(sum(squares.values()))}
+
+
+def check_logged_norms(run_dir, max_steps: int) -> None:
+    records = [r for r in read_metrics(run_dir) if "weight_norm/attn" in r]
+    assert [r["step"] for r in records] == list(range(2, max_steps + 1, 2))
+    assert all("rank/qk_mean" in r for r in records)  # logged beside the ranks, in the same record
+    assert records[0]["weight_norm/attn"] != records[-1]["weight_norm/attn"]
+    expected = offline_norms(run_dir)
+    logged = {key: records[-1][key] for key in expected}
+    assert logged == pytest.approx(expected, rel=1e-9)
+
+
+def test_one_process(tiny_corpus, tmp_path):
+    run_training(tmp_path / "run", tiny_corpus, "train.max_steps=4", "analysis.every=2", "checkpoint.every=0")
+    check_logged_norms(tmp_path / "run", 4)
+
+
+def test_tp2_zero3_two_processes(tiny_corpus, tmp_path):
+    run_training(tmp_path / "run", tiny_corpus, "train.max_steps=4", "analysis.every=2", "checkpoint.every=0",
+                 "parallel.tp=2", "zero.stage=3", nproc=2)
+    check_logged_norms(tmp_path / "run", 4)
