@@ -29,30 +29,41 @@ def load_experiment(name: str, config: str | None = None, overrides: list[str] =
     from megarank.config.load import load_config
 
     module = experiment_module(name)
-    rest, axes = _split_axis_overrides(overrides)
+    rest, axes, replace = _split_axis_overrides(overrides)
     cfg = load_config(config or default_config_path(name), rest, schema=module.Config)
-    if axes:
+    if axes or replace:
         if not hasattr(cfg, "grid"):
-            raise MegarankError(f"experiment '{name}' has no grid: drop the grid.axes.* overrides")
+            raise MegarankError(f"experiment '{name}' has no grid: drop the grid.axes overrides")
+        if replace:
+            cfg.grid.axes = {}
         cfg.grid.axes.update(axes)
         cfg.__post_init__()  # re-check what depends on the axes
     return module, cfg
 
 
-def _split_axis_overrides(overrides) -> tuple[list[str], dict[str, list]]:
+def _split_axis_overrides(overrides) -> tuple[list[str], dict[str, list], bool]:
     """Axis overrides apart: `grid.axes.optim.wd_attn=[0,3]` names the training key 'optim.wd_attn', which
-    OmegaConf's dot-list would split into nested keys."""
+    OmegaConf's dot-list would split into nested keys. `grid.axes={...}` replaces the axes wholesale (a merge
+    could only add to them); returns (other overrides, axes to set, whether to clear the config's axes)."""
     from omegaconf import OmegaConf
 
-    rest, axes = [], {}
+    rest, axes, replace = [], {}, False
     for item in overrides:
         key, eq, value = item.partition("=")
-        if eq and key.startswith("grid.axes.") and len(key) > len("grid.axes."):
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+        if not eq or not key.startswith("grid.axes"):
+            rest.append(item)
+            continue
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+        if key == "grid.axes":
+            if not isinstance(parsed, dict):
+                raise MegarankError(f"grid.axes={value}: give a mapping, e.g. grid.axes={{optim.wd_attn: [0, 1]}}")
+            replace = True
+            axes.update({k: v if isinstance(v, list) else [v] for k, v in parsed.items()})
+        elif key.startswith("grid.axes."):
             axes[key[len("grid.axes."):]] = parsed if isinstance(parsed, list) else [parsed]
         else:
             rest.append(item)
-    return rest, axes
+    return rest, axes, replace
 
 
 def run_experiment(name: str, config: str | None = None, overrides: list[str] = (), *, force: bool = False,
