@@ -39,6 +39,7 @@ setup(
             "megarank-train=megarank.cli:train_main",
             "megarank-rank=megarank.analysis.cli:main",
             "megarank-eval=megarank.evaluation.cli:main",
+            "megarank-ckpt=megarank.ckpt.cli:main",
             "megarank-sweep=megarank.sweep.cli:main",
             "megarank-exp=megarank.experiments.cli:main",
         ],

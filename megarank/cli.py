@@ -1,6 +1,7 @@
 """Console entry points, thin: parse arguments, build the config, call the package.
 
-User errors (MegarankError) print one line, `error: ...`, and exit 2 — no traceback.
+User errors (MegarankError) print one line, `error: ...`, and exit 2 — no traceback. With several processes
+the line names the rank and host that failed, and no rank is left waiting for it (megarank/train/failures.py).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import warnings
 
 
@@ -22,10 +22,14 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated.*")
 
 
-def _fail(err: Exception) -> int:
-    if os.environ.get("RANK", "0") == "0":
-        print(f"error: {err}", file=sys.stderr)
-    return 2
+def _close_process_group() -> None:
+    """Every rank finished: leave together and tear the group down here, not in interpreter shutdown, where
+    gloo's teardown can abort ('terminate called without an active exception') and fail a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -38,15 +42,16 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
     from megarank.config import load_config
-    from megarank.errors import MegarankError
+    from megarank.train.failures import fail
 
     try:
         cfg = load_config(args.config, args.overrides)
         from megarank.train.loop import train
 
         last = train(cfg)
-    except MegarankError as err:
-        return _fail(err)
+        _close_process_group()
+    except Exception as err:  # a user error, or a bug on one rank that the others must not wait for
+        return fail(err)
     if last and os.environ.get("RANK", "0") == "0":
         # the per-layer ranks stay in metrics.jsonl and TensorBoard; the model-wide means are shown
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items() if "/layer" not in k}

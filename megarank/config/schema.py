@@ -109,6 +109,10 @@ class DataConfig:
     path: Optional[str] = None
     """Directory made by tools/preprocess.py (with train/ and optionally val/ shards); None uses the embedded
     default corpus: the running Python's standard-library source, tokenized on first use and cached."""
+    tokenizer: Optional[str] = None
+    """The SentencePiece .model the shards under data.path must have been made with (checked against the
+    tokenizer_sha256 their index.json records); None checks only that train/ and val/ share one tokenizer. The
+    embedded corpus is always checked against the tokenizer built with it."""
     tokenizer_vocab: int = 4096
     """Vocabulary of the sentencepiece model trained for the embedded corpus."""
     cache_dir: str = "~/.cache/megarank"
@@ -193,19 +197,31 @@ class TrainConfig:
     eval_every: int = 100
     """Validation every this many steps (and at the end); 0 disables."""
     eval_batches: int = 8
-    """Micro batches per process in one validation pass."""
+    """Size of one validation pass in global batches (Megatron's eval-iters): the first eval_batches ×
+    global_batch validation sequences (images), or the whole split if it is smaller, shared out over the
+    data-parallel ranks — the same set, and so the same val_loss, at every parallel layout. A resume with
+    another global_batch validates on another number of sequences."""
     precision: str = "auto"
     """'auto' (bf16 on GPU, fp32 on CPU), 'bf16' or 'fp32'."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     label_smoothing: float = 0.0
     """ViT: label smoothing of the training cross-entropy."""
+    spike_factor: float = 3.0
+    """Warn (log line and a 'loss_spike' record in metrics.jsonl) when a step's loss exceeds this many times the
+    mean of the previous spike_window steps; training goes on. 0 disables. A non-finite loss or gradient norm
+    is not a spike: it stops the run before that step is saved."""
+    spike_window: int = 50
+    """Steps in the running mean that loss spikes are measured against; nothing is flagged until it is full."""
 
     def __post_init__(self) -> None:
         _require(self.resume != "", "train.resume must be 'auto', 'none' or a checkpoint path")
+        _require(self.spike_factor == 0 or self.spike_factor > 1,
+                 f"train.spike_factor must be 0 (off) or above 1, got {self.spike_factor}")
+        _require(self.spike_window > 0, f"train.spike_window must be positive, got {self.spike_window}")
         _require(self.precision in ("auto", "bf16", "fp32"),
                  f"train.precision must be auto|bf16|fp32, got '{self.precision}'")
-        for name in ("max_steps", "micro_batch", "global_batch", "log_every"):
+        for name in ("max_steps", "micro_batch", "global_batch", "log_every", "eval_batches"):
             _require(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
 
 
@@ -228,9 +244,22 @@ class CheckpointConfig:
     """Save every this many steps (and always at the end); 0 saves only at the end."""
     dir: str = "${train.run_dir}/checkpoints"
     """Checkpoint directory; one global_step<N>/ tag per save."""
+    keep_last: int = 0
+    """Keep the keep_last newest complete checkpoints (and keep_every's), removing older ones after each save
+    once the new one is complete; 0 keeps all (as torchtitan's keep_latest_k). Never removed: the one just
+    saved, which `latest` names, and tags newer than it (from an attempt that went further)."""
+    keep_every: int = 0
+    """With keep_last, also keep for good every checkpoint whose step is a multiple of this (snapshots for rank
+    over training); a multiple of checkpoint.every. 0: none beyond keep_last."""
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+        _require(self.keep_last >= 0, f"checkpoint.keep_last must be >= 0 (0 keeps all), got {self.keep_last}")
+        _require(self.keep_every >= 0, f"checkpoint.keep_every must be >= 0 (0 keeps none), got {self.keep_every}")
+        _require(not (self.keep_every and self.every) or self.keep_every % self.every == 0,
+                 f"checkpoint.keep_every={self.keep_every} is not a multiple of checkpoint.every={self.every}: only "
+                 "steps that are multiples of both are saved, fewer than asked for; use a multiple of "
+                 f"{self.every}")
 
 
 @dataclass
@@ -255,9 +284,15 @@ class ParallelConfig:
 
     tp: int = 1
     """Tensor-parallel size (Megatron-style, inside a node)."""
+    timeout_minutes: float = 10.0
+    """How long the start-up rendezvous and each collective wait for the other ranks before the job fails (the
+    process-group timeout; 10 as DeepSpeed's and Megatron's default): the backstop that ends a job whose rank
+    died without the others noticing, e.g. under NCCL. Raise it where one rank works alone for longer while
+    the others wait, such as rank 0 converting a large checkpoint for a resume at another layout."""
 
     def __post_init__(self) -> None:
         _require(self.tp >= 1, f"parallel.tp must be >= 1, got {self.tp}")
+        _require(self.timeout_minutes > 0, f"parallel.timeout_minutes must be positive, got {self.timeout_minutes}")
 
 
 @dataclass

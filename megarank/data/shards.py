@@ -168,6 +168,20 @@ class TokenShards:
                 f"{self.n_tokens}; the index is corrupt, rebuild the data with tools/preprocess.py"
             )
 
+    @property
+    def tokenizer_sha256(self) -> str | None:
+        """sha256 of the tokenizer model the tokens were made with, as the index records it (None: not recorded)."""
+        return self.meta.get("tokenizer_sha256")
+
+    @property
+    def content_sha256(self) -> str:
+        """One hash of the token stream, from the index's per-shard hashes: the same data copied elsewhere (other
+        path, other shard names) has the same content_sha256; re-tokenized or extended data has another."""
+        digest = hashlib.sha256(f"{self.dtype.name} {self.vocab_size} {self.eos_id}\n".encode())
+        for entry in self.meta["shards"]:
+            digest.update(f"{entry['n_tokens']} {entry.get('sha256')}\n".encode())
+        return digest.hexdigest()
+
     def _open_shard(self, entry: dict) -> np.memmap:
         path = self.directory / entry["file"]
         expected = entry["n_tokens"] * self.dtype.itemsize

@@ -136,6 +136,11 @@ def _split_lines_to_chunks(text: str) -> Iterator[str]:
         yield "".join(chunk)
 
 
+def model_sha256(model_path: str | Path) -> str:
+    """sha256 of a SentencePiece model file: what shard indexes record as tokenizer_sha256."""
+    return hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+
+
 class Tokenizer:
     """A loaded SentencePiece model. Encoding adds no BOS/EOS: the shard writer puts EOS between documents."""
 
@@ -146,7 +151,7 @@ class Tokenizer:
                 f"tokenizer model {self.model_path} not found; train one with tools/train_tokenizer.py "
                 f"or point the config at an existing .model file"
             )
-        self.sha256 = hashlib.sha256(self.model_path.read_bytes()).hexdigest()
+        self.sha256 = model_sha256(self.model_path)
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.load(str(self.model_path))

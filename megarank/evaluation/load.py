@@ -25,11 +25,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint, looks_like, read_marker, resolve_tag
+from megarank.ckpt.tags import COMPLETE_MARKER
 from megarank.config.schema import ModelConfig
 from megarank.errors import MegarankError
 from megarank.models.gpt import GPT
 from megarank.parallel.tensor_parallel import param_shard_styles
-from megarank.train.checkpoint import COMPLETE_MARKER
 
 _SPLIT_DIM = {"column": 0, "vocab": 0, "row": 1}  # "replicated": whole on every TP rank
 

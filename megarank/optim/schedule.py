@@ -29,3 +29,18 @@ def warmup_cosine(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> L
     fn = partial(lr_multiplier, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
                  start_ratio=cfg.warmup_start_lr / cfg.lr, min_ratio=cfg.min_lr_ratio)
     return LambdaLR(optimizer, fn)
+
+
+def follow_configured_peak(scheduler: LambdaLR, cfg: OptimConfig) -> None:
+    """After a checkpoint load, make the schedule use this run's optim.lr.
+
+    LambdaLR.load_state_dict restores base_lrs, and the optimizer's state restores each group's lr, so without
+    this a resume with a lowered optim.lr (the fix for a diverged run) would silently train at the saved peak.
+    The multiplier (warm-up, cosine to max_steps) is already this run's; with the saved optim.lr the rates
+    come out bit for bit as saved."""
+    scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+    rates = [base * multiplier(scheduler.last_epoch) for multiplier, base in zip(scheduler.lr_lambdas,
+                                                                                 scheduler.base_lrs)]
+    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates  # what get_last_lr() reports until the next step

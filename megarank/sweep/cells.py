@@ -6,7 +6,7 @@ A cell's name joins its axis values, each after the last component of its key: `
 then the axis values, then `train.run_dir=<run_root>/<name>` and `train.resume=auto` (so a cell cut short,
 locally or by a SLURM preemption/requeue, continues from its newest complete checkpoint).
 
-State, from the checkpoints (megarank/train/checkpoint.py): `finished` (a complete checkpoint at step >=
+State, from the checkpoints (megarank/ckpt/tags.py): `finished` (a complete checkpoint at step >=
 train.max_steps), `partial` (complete checkpoints, none that far: resumed when run again) or `missing`.
 """
 
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megarank.ckpt.tags import complete_checkpoints
 from megarank.config.load import load_config
 from megarank.config.schema import ExperimentConfig
 from megarank.errors import MegarankError
 from megarank.sweep.grid import NAME_PLACEHOLDER, GridConfig
-from megarank.train.checkpoint import complete_checkpoints
 
 FINISHED, PARTIAL, MISSING = "finished", "partial", "missing"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")

@@ -1,9 +1,12 @@
-"""Text data for the GPT, and which sequences each rank trains on: the global batch of step s is sampler positions
-[s * global_batch, (s + 1) * global_batch), dealt out to (micro step, data-parallel rank) slots.
+"""Text data for the GPT, and which sequences each rank trains on: a step's global batch is the next global_batch
+sampler positions after the samples consumed so far, [batch_start, batch_start + global_batch), dealt out to
+(micro step, data-parallel rank) slots.
 
 Because the global batch is the same set of sequences whatever the layout, the global-batch mean loss (what
 we log) is the same at every data-parallel size; and since the sampler is a pure function of its position,
-resuming at step s replays exactly what a straight run would have seen.
+resuming at the saved consumed_samples replays exactly what a straight run would have seen, whatever global
+batch the resumed run uses. Validation shares a fixed set of items out over the data-parallel ranks in the same
+layout-free way (validation_shard).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from megarank.config.schema import DataConfig
 from megarank.data.sampler import ResumableSampler
+from megarank.data.shard_tokenizer import check_shards_tokenizer
 from megarank.data.shards import TokenShards
 from megarank.data.stdlib_corpus import ensure_stdlib_dataset
 from megarank.data.text_dataset import TokenSequenceDataset
@@ -36,38 +40,46 @@ def open_text_data(cfg: DataConfig, *, seq_len: int, seed: int, show_progress: b
         built = ensure_stdlib_dataset(Path(cfg.cache_dir).expanduser(), cfg.tokenizer_vocab,
                                       show_progress=show_progress)
         train_dir, val_dir, source = built.train_dir, built.val_dir, f"stdlib ({built.train_dir.parent})"
+        tokenizer = built.tokenizer_path
     else:
         root = Path(cfg.path).expanduser()
         train_dir, val_dir, source = root / "train", root / "val", str(root)
         if not (train_dir / "index.json").is_file():
             raise MegarankError(f"data.path '{root}' has no train/index.json; make shards with "
                                 "tools/preprocess.py SOURCE --tokenizer M --out DIR, or unset data.path")
+        tokenizer = cfg.tokenizer
     train_shards = TokenShards(train_dir)
+    val_shards = TokenShards(val_dir) if (val_dir / "index.json").is_file() else None
+    check_shards_tokenizer([train_shards] + ([val_shards] if val_shards else []), tokenizer)
     train = TokenSequenceDataset(train_shards, seq_len)
-    val = TokenSequenceDataset(TokenShards(val_dir), seq_len) if (val_dir / "index.json").is_file() else None
+    val = TokenSequenceDataset(val_shards, seq_len) if val_shards else None
     return TextData(train=train, val=val, sampler=ResumableSampler(train.num_sequences, seed),
                     vocab_size=train_shards.vocab_size, source=source)
 
 
-def sample_start(*, step: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int,
-                 global_batch: int) -> int:
-    """First sampler position of this rank's micro batch (micro_step) within step's global batch."""
-    return step * global_batch + (micro_step * dp_size + dp_rank) * micro_batch
+def sample_start(*, batch_start: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int) -> int:
+    """First sampler position of this rank's micro batch (micro_step) within the global batch that starts at
+    sampler position batch_start (the samples consumed before it)."""
+    return batch_start + (micro_step * dp_size + dp_rank) * micro_batch
 
 
-def micro_batch(data: TextData, *, step: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int,
-                global_batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of shape (micro_batch, seq_len) for this rank's slot in step's global batch."""
-    start = sample_start(step=step, micro_step=micro_step, dp_rank=dp_rank, dp_size=dp_size,
-                         micro_batch=micro_batch, global_batch=global_batch)
+def micro_batch(data: TextData, *, batch_start: int, micro_step: int, dp_rank: int, dp_size: int, micro_batch: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of shape (micro_batch, seq_len) for this rank's slot in the global batch at batch_start."""
+    start = sample_start(batch_start=batch_start, micro_step=micro_step, dp_rank=dp_rank, dp_size=dp_size,
+                         micro_batch=micro_batch)
     x, y = data.train.batch(data.sampler.indices(start, micro_batch))
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def val_batch(data: TextData, *, index: int, dp_rank: int, dp_size: int, micro_batch: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The index-th validation micro batch of this rank: a fixed, unshuffled slice, wrapping around."""
-    n = data.val.num_sequences
-    start = (index * dp_size + dp_rank) * micro_batch
-    x, y = data.val.batch([(start + i) % n for i in range(micro_batch)])
-    return x.to(device), y.to(device)
+def validation_shard(n_items: int, *, dp_rank: int, dp_size: int, micro_batch: int) -> list[list[int]]:
+    """This data-parallel rank's validation micro batches over items 0..n_items-1: rank r takes items r, r + dp,
+    r + 2·dp, ..., micro_batch at a time, so the ranks together cover each item once whatever dp is.
+
+    Every rank gets the same number of batches, the most any rank needs, so that their forwards stay in lock
+    step (ZeRO-3 gathers the parameters across the data-parallel group in each); a rank with fewer items ends
+    with empty batches, for which it runs a stand-in forward and counts nothing."""
+    mine = list(range(dp_rank, n_items, dp_size))
+    most = -(-n_items // dp_size)  # the fullest rank's item count (ceil division)
+    n_batches = -(-most // micro_batch)
+    return [mine[k * micro_batch:(k + 1) * micro_batch] for k in range(n_batches)]

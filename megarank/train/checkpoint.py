@@ -1,18 +1,19 @@
-"""Sharded checkpoints through DeepSpeed's own save/load, made crash-safe and resumable bit for bit.
+"""Sharded checkpoints through DeepSpeed's own save/load, made crash-safe, verified and resumable bit for bit.
 
-Layout of checkpoint.dir (DeepSpeed's, so its tools such as zero_to_fp32.py read it):
-    global_step<N>/            one tag per save: DeepSpeed's model/optimizer shards
-        rng_rank<R>.pt         this rank's RNG states (DeepSpeed does not save them)
-        megarank_complete.json written last, by rank 0, after every rank finished: the tag's commit marker
-    latest                     name of the newest complete tag (written atomically, for DeepSpeed's tools)
+The format (tag names, the completion marker and its file records, `latest`) is megarank/ckpt's; this module
+does the collective part. A save: every rank writes its shards and RNG state; after a barrier the ranks hash
+a share of the tag's files each; rank 0 writes the marker with every file's size and sha256, then `latest`,
+then removes what checkpoint.keep_last / keep_every drop. A tag without the marker was cut short (SIGKILL
+mid-save) and is never resumed from. A save replaces only a tag of its own step, left by an attempt that was
+cut short or went further.
 
-A tag without the marker was cut short (SIGKILL mid-save) and is never resumed from; `auto` picks the newest
-complete tag. Nothing is overwritten except such an incomplete leftover of the same step.
+A resume checks the tag's files against the marker first, the ranks sharing the hashing, and every rank
+decides from the same gathered verdicts, so all resume from the same tag.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import random
 import re
@@ -26,43 +27,99 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megarank.ckpt.manifest import (Problem, Verdict, build_file_records, combine, file_records, file_sizes,
+                                    hash_files, split_by_size, verify_tag)
+from megarank.ckpt.retention import prune, remove_tag
+from megarank.ckpt.tags import (COMPLETE_MARKER, complete_checkpoints, load_marker, saved_layout, tag_for,
+                                universal_companion, write_latest, write_marker)
+from megarank.config.schema import CheckpointConfig
 from megarank.errors import MegarankError
 
-COMPLETE_MARKER = "megarank_complete.json"
-_TAG = re.compile(r"^global_step(\d+)$")
+log = logging.getLogger("megarank")
 
 
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
-def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """(step, tag dir) of every complete checkpoint, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = []
-    for child in ckpt_dir.iterdir():
-        match = _TAG.match(child.name)
-        if match and (child / COMPLETE_MARKER).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+def _rank_and_size() -> tuple[int, int]:
+    """(rank, world size); (0, 1) with no process group, so resolve_resume also runs in a plain process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
-    """The tag directory to resume from, or None to start fresh; checked before anything is written."""
-    existing = complete_checkpoints(ckpt_dir)
-    if resume == "auto":
-        return existing[-1][1] if existing else None
+    """The tag directory to resume from, or None to start fresh; checked before anything is written.
+
+    Collective (every rank calls it, with the same arguments) and the same answer on every rank. auto: the
+    newest complete tag whose files pass verification; one that fails is named in a warning and skipped. A
+    path: that tag, or an error naming the file that fails."""
     if resume == "none":
-        if existing:
+        if complete_checkpoints(ckpt_dir):
             raise MegarankError(f"checkpoint.dir '{ckpt_dir}' already holds checkpoints and train.resume=none "
                                 "would overwrite them; use train.resume=auto or another train.run_dir")
         return None
+    rank, _ = _rank_and_size()
+    candidates = _decided_by_rank0(lambda: _resume_candidates(resume, ckpt_dir))
+    for tag_dir in candidates:
+        verdict = _verified_together(tag_dir)
+        if verdict.problem is None:
+            if not verdict.verifiable and rank == 0:
+                log.warning("checkpoint %s is not verifiable (its marker predates file records): resuming from it "
+                            "unchecked", tag_dir.name)
+            return tag_dir
+        where = f"'{tag_dir / verdict.problem.file}' {verdict.problem.reason}"
+        if resume != "auto":
+            raise MegarankError(f"train.resume='{resume}' fails verification: {where}; resume from another "
+                                f"checkpoint (megarank-ckpt verify {tag_dir.parent} checks them all)")
+        if rank == 0:
+            log.warning("checkpoint %s fails verification, skipping it: %s", tag_dir.name, where)
+    if candidates:
+        raise MegarankError(f"no checkpoint in '{ckpt_dir}' passes verification (megarank-ckpt verify {ckpt_dir} "
+                            "names each bad file); restore or move them away, or resume from a path")
+    return None
+
+
+def _resume_candidates(resume: str, ckpt_dir: Path) -> list[Path]:
+    """The tags to try in order: auto, every complete one newest first; a path, that one."""
+    if resume == "auto":
+        return [tag for _, tag in reversed(complete_checkpoints(ckpt_dir))]
     tag_dir = Path(resume)
     if not (tag_dir / COMPLETE_MARKER).is_file():
         raise MegarankError(f"train.resume='{resume}' is not a complete megarank checkpoint (no {COMPLETE_MARKER}); "
                             f"point it at a global_step<N> directory or use train.resume=auto")
-    return tag_dir
+    return [tag_dir]
+
+
+def _decided_by_rank0(decide):
+    """decide() run on rank 0 alone and its answer (or its error) on every rank: a shared file system may
+    show the ranks different listings for a moment, and the ranks must not disagree on what they load."""
+    rank, world_size = _rank_and_size()
+    answer: list = [None]
+    if rank == 0:
+        try:
+            answer[0] = (decide(), None)
+        except MegarankError as err:
+            answer[0] = (None, str(err))
+        except Exception as err:  # e.g. an unreadable checkpoint dir: the others must not wait for rank 0
+            answer[0] = (None, f"rank 0 could not read the checkpoints: {type(err).__name__}: {err}")
+    if world_size > 1:
+        dist.broadcast_object_list(answer, src=0)
+    value, error = answer[0]
+    if error is not None:
+        raise MegarankError(error)
+    return value
+
+
+def _verified_together(tag_dir: Path) -> Verdict:
+    """verify_tag with the hashing shared over the ranks; every rank gets the same combined verdict."""
+    rank, world_size = _rank_and_size()
+    try:
+        mine = verify_tag(tag_dir, part=rank, parts=world_size)
+    except Exception as err:  # a bug or I/O error here must still reach the gather below, or the others hang
+        mine = Verdict(problem=Problem(COMPLETE_MARKER, f"could not be checked on rank {rank}: {err}"))
+    verdicts = [mine]
+    if world_size > 1:
+        verdicts = [None] * world_size
+        dist.all_gather_object(verdicts, mine)
+    return combine(verdicts)
 
 
 def universal_checkpoint_info(model, vocab_size: int) -> dict:
@@ -102,21 +159,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict, tp_rng=None) -> Path:
-    """Collective: every rank writes its shards; the tag becomes visible to resume only when all have."""
+def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict, tp_rng=None,
+                    retention: CheckpointConfig | None = None) -> Path:
+    """Collective: every rank writes its shards; the tag becomes visible to resume only when all have, with
+    every file's size and sha256 in its marker. retention: the keep_last / keep_every policy applied after."""
     rank = dist.get_rank()
     tag = tag_for(step)
     tag_dir = ckpt_dir / tag
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if tag_dir.exists():  # only an incomplete leftover can be here: complete tags are never re-saved
-            shutil.rmtree(tag_dir)
+        # a leftover (cut short, or from an attempt that went further) goes with its universal form, which
+        # would otherwise be reused for this step's resume at another layout with the old weights
+        if tag_dir.exists() or universal_companion(tag_dir).exists():
+            if (tag_dir / COMPLETE_MARKER).is_file():  # this run branched off an older tag: say what it replaces
+                log.warning("replacing checkpoint %s, saved by an earlier attempt that went further", tag)
+            remove_tag(tag_dir)
     dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     tag_dir.mkdir(parents=True, exist_ok=True)
@@ -124,18 +181,32 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta:
     torch.save({**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}, tmp)
     os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
     dist.barrier()
+    files = _file_records_together(tag_dir)
     if rank == 0:
-        marker = {"step": step, "time": time.time(), **meta}
-        _atomic_write_text(tag_dir / COMPLETE_MARKER, json.dumps(marker, indent=2))
-        _atomic_write_text(ckpt_dir / "latest", tag)
+        write_marker(tag_dir, {"step": step, "time": time.time(), **meta, "files": files})
+        write_latest(ckpt_dir, tag)
+        if retention is not None:
+            removed = prune(ckpt_dir, step, retention.keep_last, retention.keep_every)
+            if removed:
+                log.info("removed %s (checkpoint.keep_last=%d, keep_every=%d)", ", ".join(t.name for t in removed),
+                         retention.keep_last, retention.keep_every)
     dist.barrier()
     return tag_dir
 
 
-def saved_layout(tag_dir: Path) -> dict:
-    """{'tp', 'dp', 'world_size', 'zero_stage'} of the run that wrote this checkpoint."""
-    marker = json.loads((tag_dir / COMPLETE_MARKER).read_text())
-    return {**marker["layout"], "zero_stage": marker["zero_stage"]}
+def _file_records_together(tag_dir: Path) -> dict | None:
+    """The marker's file records, each rank hashing a share of the files (about equal bytes); on rank 0 the
+    whole record, elsewhere None. Rank 0 lists the files, so every rank hashes from the same list."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    listing = [file_sizes(tag_dir) if rank == 0 else None]
+    dist.broadcast_object_list(listing, src=0)
+    sizes = listing[0]
+    digests = hash_files(tag_dir, split_by_size(sizes, world_size)[rank])
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, digests)  # as in failures.py, which NCCL runs rely on
+    if rank != 0:
+        return None
+    return file_records(sizes, {name: digest for part in gathered for name, digest in part.items()})
 
 
 def needs_universal(tag_dir: Path, tp: int, dp: int, zero_stage: int) -> bool:
@@ -160,7 +231,7 @@ def needs_universal(tag_dir: Path, tp: int, dp: int, zero_stage: int) -> bool:
 
 def universal_dir(tag_dir: Path) -> Path:
     """DeepSpeed's universal (layout-free) form of a tag, made once by rank 0 with ds_to_universal, atomically."""
-    target = tag_dir.with_name(tag_dir.name + "_universal")
+    target = universal_companion(tag_dir)
     if dist.get_rank() == 0 and not (target / COMPLETE_MARKER).is_file():
         tmp = tag_dir.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,7 +241,7 @@ def universal_dir(tag_dir: Path) -> Path:
         if proc.returncode != 0:
             raise MegarankError(f"converting '{tag_dir}' to a universal checkpoint failed: "
                                 f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        shutil.copy(tag_dir / COMPLETE_MARKER, tmp / COMPLETE_MARKER)
+        write_marker(tmp, {**load_marker(tag_dir), "files": build_file_records(tmp)})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     dist.barrier()

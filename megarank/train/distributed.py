@@ -9,9 +9,12 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+from megarank.config.schema import ParallelConfig
 
 # DeepSpeed JIT-builds a CPU comm op on first use; keep the build inside the active environment (make install
 # builds it once there) instead of a per-user cache that every fresh machine pays for again.
@@ -36,8 +39,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> World:
-    """Initialise the default process group once and pick this process's device."""
+def init_distributed(timeout_minutes: float = ParallelConfig.timeout_minutes) -> World:
+    """Initialise the default process group once and pick this process's device.
+
+    timeout_minutes (parallel.timeout_minutes): how long the start-up rendezvous and every collective wait
+    for the other ranks before failing — the backstop that ends a job whose rank died unnoticed."""
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python`: a world of one on this host
@@ -50,7 +56,8 @@ def init_distributed() -> World:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=timedelta(minutes=timeout_minutes))
         if device.type == "cpu":
             release_shm_name()
     return World(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),

@@ -1,15 +1,19 @@
 """Run metrics to TensorBoard and <run_dir>/metrics.jsonl, from rank 0 only.
 
 On resume from step N, records after N (written by the attempt that was cut off) are dropped from
-metrics.jsonl and TensorBoard is told to purge them, so every step appears once (cf. Megatron #6237).
+metrics.jsonl and TensorBoard is told to purge them, so every step appears once (cf. Megatron #6237). A line
+that is not JSON (the half-written last record of an attempt killed mid-write) is dropped with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
+
+log = logging.getLogger("megarank")
 
 
 class MetricsLogger:
@@ -29,8 +33,19 @@ class MetricsLogger:
     def _drop_records_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                step_of_record = record.get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                log.warning("%s line %d is not a complete JSON record (a write cut short by a kill?); dropped it: "
+                            "%.80s", self.path, number, line)
+                continue
+            if step_of_record <= step:
+                kept.append(line)
         tmp = self.path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

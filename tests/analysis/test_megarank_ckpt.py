@@ -19,11 +19,11 @@ from megarank.analysis.cli import main
 from megarank.analysis.readers import open_source
 from megarank.analysis.readers.megarank_ckpt import all_tags, resolve_tag
 from megarank.analysis.report import analyse
+from megarank.ckpt.tags import COMPLETE_MARKER
 from megarank.config.schema import ModelConfig
 from megarank.errors import MegarankError
 from megarank.models.gpt import GPT
 from megarank.parallel.tensor_parallel import param_shard_styles
-from megarank.train.checkpoint import COMPLETE_MARKER
 from tests.analysis.test_spectra import naive_head_products, naive_sv
 
 RTOL, ATOL = 1e-2, 1e-3

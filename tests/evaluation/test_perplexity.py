@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from megarank.ckpt.tags import COMPLETE_MARKER
 from megarank.config import load_config
 from megarank.data.shards import TokenShards, write_shards
 from megarank.data.stdlib_corpus import StdlibDataset, ensure_stdlib_test_split, stdlib_test_files
@@ -27,7 +28,6 @@ from megarank.evaluation import evaluate_checkpoint
 from megarank.evaluation.cli import main
 from megarank.evaluation.perplexity import token_windows
 from megarank.models.gpt import GPT
-from megarank.train.checkpoint import COMPLETE_MARKER
 from megarank.train.tasks import set_vocab_size
 from tests.helpers import REPO, TINY, clean_env
 

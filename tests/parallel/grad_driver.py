@@ -32,8 +32,8 @@ model = GPT(cfg.model)
 parallelize(model, layout, seed=cfg.seed, device=world.device)
 engine, _ = build_engine(model, cfg, grad_accum=grad_accum, device=world.device, mpu=DeepSpeedMPU(layout))
 for micro_step in range(grad_accum):
-    x, y = micro_batch(data, step=0, micro_step=micro_step, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
-                       micro_batch=cfg.train.micro_batch, global_batch=cfg.train.global_batch, device=world.device)
+    x, y = micro_batch(data, batch_start=0, micro_step=micro_step, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
+                       micro_batch=cfg.train.micro_batch, device=world.device)
     engine.backward(engine(x, y))
     if micro_step < grad_accum - 1:
         engine.step()  # inside the accumulation window: no optimizer step

@@ -64,8 +64,8 @@ def reference_gradients(corpus) -> dict[str, torch.Tensor]:
     model = GPT(cfg.model)
     n_micro = cfg.train.global_batch // cfg.train.micro_batch
     for i in range(n_micro):
-        x, y = micro_batch(data, step=0, micro_step=i, dp_rank=0, dp_size=1, micro_batch=cfg.train.micro_batch,
-                           global_batch=cfg.train.global_batch, device=torch.device("cpu"))
+        x, y = micro_batch(data, batch_start=0, micro_step=i, dp_rank=0, dp_size=1,
+                           micro_batch=cfg.train.micro_batch, device=torch.device("cpu"))
         (model(x, y) / n_micro).backward()
     return {n: p.grad for n, p in model.named_parameters()}
 

@@ -1,6 +1,7 @@
 """Two "nodes" × 2 CPU processes on localhost through tools/launch_node.sh — DeepSpeed's per-node launcher
 with node ranks and a master address, as on a cluster — training TP=2 inside each node and DP=2 across them;
-the run's losses match the single-process reference within 1e-5."""
+the run's losses match the single-process reference within 1e-5, and its val_loss equals one process's
+validation of the weights it saved within 1e-6."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import subprocess
 import pytest
 
 from megarank.train.checkpoint import COMPLETE_MARKER
-from tests.helpers import REPO, TINY, clean_env, free_port, train_losses
+from tests.helpers import REPO, TINY, clean_env, free_port, read_metrics, train_losses
+from tests.train.test_validation import val_loss_in_one_process
 
 
 def test_two_nodes_of_two_processes(reference_run, tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = ["configs/default.yaml", *TINY, f"data.path={tiny_corpus}", f"train.run_dir={run_dir}",
-            "train.max_steps=4", "checkpoint.every=0", "parallel.tp=2", "zero.stage=1"]
+            "train.max_steps=4", "checkpoint.every=0", "parallel.tp=2", "zero.stage=1", "train.eval_every=4"]
     port = str(free_port())
     nodes = [subprocess.Popen(["bash", "tools/launch_node.sh", *args], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
@@ -32,3 +34,5 @@ def test_two_nodes_of_two_processes(reference_run, tiny_corpus, tmp_path):
     assert sorted(losses) == [1, 2, 3, 4]
     for step, loss in losses.items():
         assert loss == pytest.approx(reference[step], rel=1e-5), f"step {step}"
+    [val] = [r["val_loss"] for r in read_metrics(run_dir) if "val_loss" in r]
+    assert val == pytest.approx(val_loss_in_one_process(run_dir), rel=1e-6)

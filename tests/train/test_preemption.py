@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from megarank.train.checkpoint import COMPLETE_MARKER, complete_checkpoints
+from megarank.ckpt.tags import COMPLETE_MARKER, complete_checkpoints
 from tests.helpers import REPO, TINY, clean_env, read_metrics, run_training, train_losses, train_steps
 
 

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from megarank.errors import MegarankError
-from megarank.train.checkpoint import COMPLETE_MARKER, needs_universal
+from megarank.ckpt.tags import COMPLETE_MARKER
+from megarank.train.checkpoint import needs_universal
 from tests.helpers import run_training, train_losses
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from megarank.train.checkpoint import complete_checkpoints
+from megarank.ckpt.tags import complete_checkpoints
 from tests.helpers import run_training, train_losses, train_steps
 
 

@@ -1,7 +1,7 @@
-"""The ViT on the shared stack: TP=2×DP=2 (4 processes) logs the single-process losses within 1e-5; resume is
-bit for bit; an ImageFolder written to a temp dir trains with parallel decoding workers; validation records
-carry val_loss and val_acc; megarank-rank reads the ViT's checkpoint (against the naive SVD of its products)
-and the ranks the run logged agree with it."""
+"""The ViT on the shared stack: TP=2×DP=2 (4 processes) logs the single-process losses and validation within 1e-5
+(the same validation images at both layouts); resume is bit for bit; an ImageFolder written to a temp dir
+trains with parallel decoding workers; validation records carry val_loss and val_acc; megarank-rank reads the
+ViT's checkpoint (against the naive SVD of its products) and the ranks the run logged agree with it."""
 
 from __future__ import annotations
 
@@ -33,11 +33,15 @@ def vit_reference(tmp_path_factory):
 
 def test_tp2_dp2_matches_single_process(vit_reference, tmp_path):
     run_training(tmp_path / "run", None, "train.max_steps=6", "checkpoint.every=0", "parallel.tp=2",
-                 "zero.stage=1", nproc=4, **VIT)
+                 "zero.stage=1", "train.eval_every=6", "train.eval_batches=2", nproc=4, **VIT)
     reference, losses = train_losses(vit_reference), train_losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 7))
     for step, expected in reference.items():
         assert losses[step] == pytest.approx(expected, rel=1e-5), f"step {step}"
+    # the same 32 validation images at either layout (eval_batches × global_batch), weights equal within 1e-5
+    [val] = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
+    [expected] = [r for r in read_metrics(vit_reference) if "val_loss" in r]
+    assert val["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5) and val["val_acc"] == expected["val_acc"]
 
 
 def test_resume_is_bitwise_and_validation_is_logged(vit_reference, tmp_path):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint, read_marker, resolve_tag
+from megarank.ckpt.tags import COMPLETE_MARKER
 from megarank.optim.groups import RULES
 from megarank.parallel.tensor_parallel import TP_PLAN
-from megarank.train.checkpoint import COMPLETE_MARKER
 from tests.helpers import read_metrics, run_training
 
 GROUPS = ("no_decay", "attn", "mlp", "other")

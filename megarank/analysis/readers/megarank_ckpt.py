@@ -2,7 +2,7 @@
 
 Which tag: the path may be a run dir (its config.yaml names checkpoint.dir; <run>/checkpoints otherwise), a
 checkpoint.dir (the tag `latest` names, else the newest complete one), or one global_step<N> tag. A tag
-without megarank_complete.json was cut short mid-save (megarank/train/checkpoint.py) and is refused.
+without megarank_complete.json was cut short mid-save (megarank/ckpt/tags.py) and is refused.
 
 Which files (DeepSpeed's layout; tp, dp and the ZeRO stage come from the tag's marker):
     module weights, ZeRO 0/1/2: mp_rank_{t:02d}_model_states.pt["module"], TP rank t's module state dict,
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -37,10 +36,9 @@ import torch
 import yaml
 
 from megarank.analysis.readers import AttentionShard, ModelInfo, WeightSource, check_head_shapes, head_layout
+from megarank.ckpt.tags import COMPLETE_MARKER, TAG_PATTERN, checkpoint_dir_of, complete_checkpoints
 from megarank.errors import MegarankError
-from megarank.train.checkpoint import COMPLETE_MARKER, complete_checkpoints
 
-_TAG = re.compile(r"^global_step(\d+)$")
 ROLES = ("q", "k", "v", "o")
 
 
@@ -53,38 +51,23 @@ def looks_like(path: Path) -> bool:
     """True for a tag (complete or not), a checkpoint.dir or a run dir."""
     if not path.is_dir():
         return False
-    if (path / COMPLETE_MARKER).is_file() or _TAG.match(path.name) or (path / "latest").is_file():
+    if (path / COMPLETE_MARKER).is_file() or TAG_PATTERN.match(path.name) or (path / "latest").is_file():
         return True
     return _has_tags(path) or (path / "checkpoints").is_dir()
 
 
 def _has_tags(path: Path) -> bool:
-    return any(_TAG.match(child.name) for child in path.iterdir())
-
-
-def _checkpoint_dir(path: Path) -> Path:
-    """The checkpoint.dir for a checkpoint.dir or a run dir."""
-    if (path / "latest").is_file() or _has_tags(path):
-        return path
-    config = path / "config.yaml"
-    if config.is_file():
-        try:
-            configured = (yaml.safe_load(config.read_text()) or {}).get("checkpoint", {}).get("dir")
-        except yaml.YAMLError as err:
-            raise MegarankError(f"'{config}' is not valid YAML ({str(err).splitlines()[0]})") from None
-        if configured and Path(configured).is_dir():
-            return Path(configured)
-    return path / "checkpoints"
+    return any(TAG_PATTERN.match(child.name) for child in path.iterdir())
 
 
 def resolve_tag(path: Path) -> Path:
     """The complete global_step<N> directory `path` designates."""
     if (path / COMPLETE_MARKER).is_file():
         return path
-    if _TAG.match(path.name):
+    if TAG_PATTERN.match(path.name):
         raise MegarankError(f"'{path}' is an incomplete checkpoint (no {COMPLETE_MARKER}: the save was cut "
                             "short); point at a complete global_step<N> or at the checkpoint directory")
-    ckpt_dir = _checkpoint_dir(path)
+    ckpt_dir = checkpoint_dir_of(path)
     latest = ckpt_dir / "latest"
     if latest.is_file():
         named = ckpt_dir / latest.read_text().strip()
@@ -99,9 +82,9 @@ def resolve_tag(path: Path) -> Path:
 
 def all_tags(path: Path) -> list[Path]:
     """Every complete tag of the run or checkpoint dir `path`, oldest first (a tag path is itself)."""
-    if (path / COMPLETE_MARKER).is_file() or _TAG.match(path.name):
+    if (path / COMPLETE_MARKER).is_file() or TAG_PATTERN.match(path.name):
         return [resolve_tag(path)]
-    tags = [tag for _, tag in complete_checkpoints(_checkpoint_dir(path))]
+    tags = [tag for _, tag in complete_checkpoints(checkpoint_dir_of(path))]
     if not tags:
         raise MegarankError(f"'{path}' holds no complete checkpoint (no global_step<N>/{COMPLETE_MARKER})")
     return tags
