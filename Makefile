@@ -26,17 +26,19 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce
+.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce lock
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+# constraints.txt pins every package (the lock): every machine gets the versions the figures were measured with.
+LOCK := constraints.txt
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip setuptools
 	# The pinned build installs from local disk here and runs CUDA on a GPU cluster.
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev,paper]'
+	$(PY) -m pip install -q -c $(LOCK) torch torchvision
+	$(PY) -m pip install -q -c $(LOCK) deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[dev,paper]'
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	touch $(STAMP)
 
@@ -77,6 +79,10 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# Rewrite the lock from what .venv holds now (after a deliberate upgrade; then rerun the golden tests).
+lock: $(STAMP)
+	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --all | grep -v '^-e \|^megarank'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 clean-venv:
 	rm -rf $(VENV)

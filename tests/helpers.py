@@ -52,7 +52,8 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
 
 # The tiny ViT on 8×8 digits.
 VIT_TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "train.micro_batch=4", "train.global_batch=16",
-            "optim.warmup_steps=2", "train.eval_every=0", "train.progress=false", "train.precision=fp32"]
+            "optim.warmup_steps=2", "train.eval_every=0", "train.progress=false", "train.precision=fp32",
+            "data.augment=true"]  # the seeded crops are part of what resume must reproduce
 
 
 def run_training(run_dir: Path, corpus: Path | None, *extra: str, nproc: int = 1,
