@@ -213,6 +213,13 @@ class TrainConfig:
     is not a spike: it stops the run before that step is saved."""
     spike_window: int = 50
     """Steps in the running mean that loss spikes are measured against; nothing is flagged until it is full."""
+    activation_checkpointing: str = "none"
+    """'none', 'full' (every block recomputes its forward in backward: activation memory of about one block
+    plus the block inputs, ~1/3 more compute) or 'selective' (every activation_checkpointing_every-th block).
+    Same losses and gradients as 'none', dropout included (both RNG streams are replayed)."""
+    activation_checkpointing_every: int = 2
+    """With 'selective': checkpoint blocks 0, k, 2k, ... (k = this). Recomputing only the attention core, the
+    other selective mode Megatron has, would save nothing: flash/SDPA attention never stores the T×T scores."""
 
     def __post_init__(self) -> None:
         _require(self.resume != "", "train.resume must be 'auto', 'none' or a checkpoint path")
@@ -221,6 +228,10 @@ class TrainConfig:
         _require(self.spike_window > 0, f"train.spike_window must be positive, got {self.spike_window}")
         _require(self.precision in ("auto", "bf16", "fp32"),
                  f"train.precision must be auto|bf16|fp32, got '{self.precision}'")
+        _require(self.activation_checkpointing in ("none", "full", "selective"),
+                 f"train.activation_checkpointing must be none|full|selective, got '{self.activation_checkpointing}'")
+        _require(self.activation_checkpointing_every > 0,
+                 f"train.activation_checkpointing_every must be positive, got {self.activation_checkpointing_every}")
         for name in ("max_steps", "micro_batch", "global_batch", "log_every", "eval_batches"):
             _require(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
 

@@ -38,7 +38,14 @@ class Block(nn.Module):
                                   backend=attn_backend, rotary=rotary)
         self.ln_2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.mlp = MLP(d_model, d_ff, bias=bias, dropout=dropout)
+        # set by parallel/activation_checkpointing.py: runs forward so that backward recomputes it
+        self.recompute = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute is not None and self.training and torch.is_grad_enabled():
+            return self.recompute(self._forward, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))

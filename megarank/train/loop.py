@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from megarank.config import ExperimentConfig, gradient_accumulation_steps, to_yaml, validate
 from megarank.optim.schedule import follow_configured_peak
+from megarank.parallel.activation_checkpointing import apply_activation_checkpointing
 from megarank.parallel.layout import DeepSpeedMPU, build_layout
 from megarank.parallel.tensor_parallel import parallelize
 from megarank.train import checkpoint
@@ -59,6 +60,11 @@ def train(cfg: ExperimentConfig) -> dict:
     torch.manual_seed(cfg.seed)  # same full init on every rank; TP ranks then keep their slices
     model = task.build_model()
     tp_rng = parallelize(model, layout, seed=cfg.seed, device=world.device)
+    recomputed = apply_activation_checkpointing(model, cfg.train.activation_checkpointing,
+                                                cfg.train.activation_checkpointing_every, tp_rng)
+    if recomputed and world.is_main:
+        log.info("activation checkpointing (%s): blocks %s recompute their forward in backward",
+                 cfg.train.activation_checkpointing, ", ".join(map(str, recomputed)))
     model.to(world.device)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
