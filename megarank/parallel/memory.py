@@ -6,6 +6,9 @@ Model states (ZeRO paper, Rajbhandari et al. 2020), Ψ = parameters held by one 
     ZeRO-0: (w + g + K)Ψ    ZeRO-1: (w + g)Ψ + KΨ/dp    ZeRO-2: wΨ + (g + K)Ψ/dp    ZeRO-3: (w + g + K)Ψ/dp
 Activations per layer without recomputation or sequence parallelism (Korthikanti et al. 2022), 16-bit:
     s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes; flash attention drops the a·s² term (it recomputes the scores).
+Activation checkpointing (train.activation_checkpointing): a recomputed block keeps only its 16-bit input,
+2·s·b·h bytes, and one block's full activations exist at a time during its recompute (Korthikanti et al.'s
+"full recomputation"); 'selective' recomputes every k-th block, the others keep everything.
 Logits: s·b·V/t in fp32, twice (the logits and the softmax saved for the backward).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megarank.config.schema import ExperimentConfig
+from megarank.parallel.activation_checkpointing import checkpointed_block_indices
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,10 @@ def estimate_memory(cfg: ExperimentConfig, world_size: int, *, bf16: bool = True
     w, g, k = (2, 2, 12) if bf16 else (4, 4, 8)
     per_param = {0: w + g + k, 1: w + g + k / dp, 2: w + (g + k) / dp, 3: (w + g + k) / dp}[cfg.zero.stage]
     attention_scores = 0 if flash_attention else 5 * m.n_heads * s / (h * tp)
-    activations = L * s * b * h * (10 + 24 / tp + attention_scores)
+    per_block = s * b * h * (10 + 24 / tp + attention_scores)
+    recomputed = len(checkpointed_block_indices(L, cfg.train.activation_checkpointing,
+                                                cfg.train.activation_checkpointing_every))
+    activations = (L - recomputed) * per_block + recomputed * 2 * s * b * h + (per_block if recomputed else 0)
     logits = 2 * 4 * s * b * vocab / tp
     gb = 1024**3
     return MemoryEstimate(params_total=sharded + replicated, params_per_rank=psi, model_states_gb=psi * per_param / gb,

@@ -22,3 +22,16 @@ def test_estimate_matches_hand_computation():
     assert est.logits_gb == pytest.approx(8 * 32 * 4 * 256 / 2 / GB)
     no_flash = estimate_memory(cfg, world_size=8, flash_attention=False)
     assert no_flash.activations_gb > est.activations_gb
+
+
+@pytest.mark.parametrize("mode, every, recomputed", [("full", 2, 4), ("selective", 2, 2), ("selective", 3, 2)])
+def test_activation_checkpointing_keeps_block_inputs_and_one_block(mode, every, recomputed):
+    base = ["model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.seq_len=32", "model.vocab_size=256",
+            "train.micro_batch=4"]
+    plain = estimate_memory(load_config("configs/default.yaml", base), world_size=1)
+    cfg = load_config("configs/default.yaml", [*base, f"train.activation_checkpointing={mode}",
+                                               f"train.activation_checkpointing_every={every}"])
+    est = estimate_memory(cfg, world_size=1)
+    block = 32 * 4 * 64 * (10 + 24)
+    assert plain.activations_gb == pytest.approx(4 * block / GB)
+    assert est.activations_gb == pytest.approx(((4 - recomputed) * block + recomputed * 2 * 32 * 4 * 64 + block) / GB)
