@@ -102,8 +102,9 @@ class SelfAttention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        with self.rng_region():
-            y = attention(q, k, v, causal=self.causal, backend=self.backend,
-                          dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        # the RNG swap only where dropout draws from it (torch.compile cannot trace RNG state swaps)
+        with self.rng_region() if dropout_p > 0 else contextlib.nullcontext():
+            y = attention(q, k, v, causal=self.causal, backend=self.backend, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
         return self.resid_dropout(self.o_proj(y))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from megarank.config import ExperimentConfig, gradient_accumulation_steps, to_yaml, validate
 from megarank.optim.schedule import follow_configured_peak
 from megarank.parallel.activation_checkpointing import apply_activation_checkpointing
+from megarank.parallel.compile import compile_blocks
 from megarank.parallel.layout import DeepSpeedMPU, build_layout
 from megarank.parallel.tensor_parallel import parallelize
 from megarank.train import checkpoint
@@ -65,6 +66,10 @@ def train(cfg: ExperimentConfig) -> dict:
     if recomputed and world.is_main:
         log.info("activation checkpointing (%s): blocks %s recompute their forward in backward",
                  cfg.train.activation_checkpointing, ", ".join(map(str, recomputed)))
+    if cfg.train.compile:
+        compiled = compile_blocks(model)
+        if world.is_main:
+            log.info("torch.compile: %d blocks (compiled at their first step)", compiled)
     model.to(world.device)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
