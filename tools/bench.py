@@ -10,6 +10,10 @@
    --steps steps of the config — GPT-2 small at 1024 tokens on GPU, the `make pretrain` default on CPU — on the
    embedded corpus; the median over the steps after the first five of tokens/s, step time and MFU, and the
    peak GPU memory, read back from the run's metrics.jsonl.
+3. Levers: the same run again with each of torch.compile, activation checkpointing full and selective, and the
+   chunked loss (when the model has it), and the plain PyTorch loop of megarank/bench/reference_loop.py (same
+   model, data and optimizer, no DeepSpeed) — tokens/s, the ratio to that loop, and peak memory (GPU: the
+   allocator's peak; CPU: the process's peak resident set, which includes the Python runtime).
 Prints a table and writes everything, device named, as JSON. Targets are judged from this file's output, never
 in timed unit tests.
 """
@@ -98,10 +102,10 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
         else:
             command = [sys.executable, "-m", "megarank.train", *args, *overrides]
         start = time.perf_counter()
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        returncode, stderr, peak_rss_mb = run_measured(command)
         wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"error: the training run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        if returncode != 0:
+            raise SystemExit(f"error: the training run failed ({returncode}):\n{stderr[-3000:]}")
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
     if not timed:
@@ -114,7 +118,58 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
     if gpu:
         result["mfu"] = statistics.median(r["mfu"] for r in timed)
         result["peak_mem_gb"] = max(r["peak_mem_gb"] for r in timed)
+    else:
+        result["peak_rss_mb"] = peak_rss_mb
     return result
+
+
+def run_measured(command: list[str], stdout=subprocess.DEVNULL) -> tuple[int, str, float]:
+    """Run a command; (exit status, stderr, its peak resident memory in MB — a CPU run's peak memory)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read(), usage.ru_maxrss / 1024
+
+
+LEVERS = {"compile": ["train.compile=true"],
+          "ac_full": ["train.activation_checkpointing=full"],
+          "ac_selective": ["train.activation_checkpointing=selective"]}
+
+REFERENCE_SCRIPT = """
+import json, statistics, sys
+from megarank.config import load_config
+from megarank.bench.reference_loop import train_reference
+steps, warmup = int(sys.argv[1]), int(sys.argv[2])
+run = train_reference(load_config(sys.argv[3], sys.argv[4:]), steps)
+timed = run.step_seconds[warmup:]
+print(json.dumps({"tokens_per_s": run.items_per_step / statistics.median(timed), "final_loss": run.losses[-1]}))
+"""
+
+
+def bench_levers(steps: int, config: str | None, extra: list[str], plain: dict) -> list[dict]:
+    """Each lever against the plain megarank run and the plain PyTorch loop (CPU: one process, same shape)."""
+    args = [config or "configs/default.yaml", *extra]
+    rows = []
+    if not torch.cuda.is_available():
+        with tempfile.TemporaryFile("w+") as out:
+            returncode, stderr, peak_rss_mb = run_measured(
+                [sys.executable, "-c", REFERENCE_SCRIPT, str(steps), str(WARMUP_STEPS), *args,
+                 f"train.max_steps={steps}"], stdout=out)  # the same schedule as the runs
+            if returncode != 0:
+                raise SystemExit(f"error: the reference loop failed:\n{stderr[-3000:]}")
+            out.seek(0)
+            reference = json.loads(out.read().strip().splitlines()[-1])
+        rows.append({"variant": "plain PyTorch loop", **reference, "peak_rss_mb": peak_rss_mb})
+    rows.append({"variant": "megarank", **plain})
+    for name, overrides in LEVERS.items():
+        rows.append({"variant": name, **bench_training(steps, config, [*extra, *overrides])})
+    base = rows[0]["tokens_per_s"] if "tokens_per_s" in rows[0] else None
+    for row in rows:
+        if base and "tokens_per_s" in row:
+            row["vs_reference"] = row["tokens_per_s"] / base
+    return rows
 
 
 def main() -> None:
@@ -123,10 +178,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps (the first five are not timed)")
     parser.add_argument("--config", default=None, help="training config (default: GPT-2 small on GPU, the "
                                                         "make-pretrain default on CPU)")
+    parser.add_argument("--no-levers", dest="levers", action="store_false",
+                        help="skip the compile / activation-checkpointing / reference-loop runs")
     parser.add_argument("overrides", nargs="*", help="config overrides for the training run")
     args = parser.parse_args()
+    training = bench_training(args.steps, args.config, args.overrides)
     results = {"device": device_name(), "torch": torch.__version__, "flash_attn": HAS_FLASH_ATTN,
-               "attention": bench_attention(), "training": bench_training(args.steps, args.config, args.overrides)}
+               "attention": bench_attention(), "training": training}
+    if args.levers:
+        results["levers"] = bench_levers(args.steps, args.config, args.overrides, training)
     print(f"device: {results['device']}  torch {results['torch']}  flash_attn installed: {HAS_FLASH_ATTN}")
     for row in results["attention"]:
         print(f"attention {row['backend']:<6} {row['dtype']:<8} {'x'.join(map(str, row['shape'])):<16} "
@@ -134,6 +194,11 @@ def main() -> None:
               f"max |diff vs math| {row['max_abs_diff_vs_math']:.1e}")
     train = results["training"]
     print("training  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in train.items()))
+    for row in results.get("levers", []):
+        memory = (f"peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row
+                  else f"peak RSS {row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "")
+        ratio = f"{row['vs_reference']:.3f}x the plain loop" if "vs_reference" in row else ""
+        print(f"lever {row['variant']:<20} {row.get('tokens_per_s', 0):10.0f} tokens/s  {ratio:<24} {memory}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

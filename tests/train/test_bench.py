@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO, TINY, clean_env
 
 
@@ -24,3 +26,11 @@ def test_bench_writes_kernel_and_training_figures(tiny_corpus, tmp_path):
         assert row["fwd_bwd_ms"] > 0 and row["max_abs_diff_vs_math"] < 1e-5
     training = results["training"]
     assert training["steps"] == 7 and training["tokens_per_s"] > 0 and training["final_loss"] > 0
+    levers = {row["variant"]: row for row in results["levers"]}
+    assert set(levers) == {"plain PyTorch loop", "megarank", "compile", "ac_full", "ac_selective"}
+    for row in levers.values():
+        assert row["tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert levers["plain PyTorch loop"]["vs_reference"] == 1
+    # the same model, data and optimizer: every variant ends at the same loss (float noise apart)
+    for name in ("megarank", "compile", "ac_full", "ac_selective"):
+        assert levers[name]["final_loss"] == pytest.approx(levers["plain PyTorch loop"]["final_loss"], rel=1e-4)

@@ -1,0 +1,1 @@
+"""Benchmark baselines (used by tools/bench.py)."""
