@@ -11,7 +11,7 @@
    embedded corpus; the median over the steps after the first five of tokens/s, step time and MFU, and the
    peak GPU memory, read back from the run's metrics.jsonl.
 3. Levers: the same run again with each of torch.compile, activation checkpointing full and selective, and the
-   chunked loss (when the model has it), and the plain PyTorch loop of megarank/bench/reference_loop.py (same
+   chunked loss (1024 tokens a chunk), and the plain PyTorch loop of megarank/bench/reference_loop.py (same
    model, data and optimizer, no DeepSpeed) — tokens/s, the ratio to that loop, and peak memory (GPU: the
    allocator's peak; CPU: the process's peak resident set, which includes the Python runtime).
 Prints a table and writes everything, device named, as JSON. Targets are judged from this file's output, never
@@ -135,7 +135,8 @@ def run_measured(command: list[str], stdout=subprocess.DEVNULL) -> tuple[int, st
 
 LEVERS = {"compile": ["train.compile=true"],
           "ac_full": ["train.activation_checkpointing=full"],
-          "ac_selective": ["train.activation_checkpointing=selective"]}
+          "ac_selective": ["train.activation_checkpointing=selective"],
+          "chunked_loss": ["model.loss_chunk_tokens=1024"]}
 
 REFERENCE_SCRIPT = """
 import json, statistics, sys

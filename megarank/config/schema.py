@@ -56,6 +56,10 @@ class ModelConfig:
     """LayerNorm epsilon."""
     init_std: float = 0.02
     """Std of the normal init; residual output projections get init_std / sqrt(2 * n_layers) (GPT-2)."""
+    loss_chunk_tokens: int = 0
+    """GPT: compute the LM head and the loss this many tokens at a time, recomputing each chunk in backward, so
+    the full fp32 logits (micro_batch × seq_len × vocab) never exist at once (models/chunked_loss.py). 0: all
+    at once. 4096 at a 50k vocabulary holds 0.8 GB of logits instead of 3.3 GB for 16k tokens."""
     attn_backend: str = "auto"
     """'auto' (flash_attn if installed and on GPU, else SDPA), 'flash', 'sdpa' or 'math'."""
     image_size: int = 224
@@ -92,6 +96,8 @@ class ModelConfig:
                      f"model.seq_len={self.seq_len} is beyond the position table "
                      f"(model.max_positions={self.max_positions}); lower seq_len or raise max_positions")
         _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _require(self.loss_chunk_tokens >= 0,
+                 f"model.loss_chunk_tokens must be >= 0 (0: off), got {self.loss_chunk_tokens}")
 
     @property
     def d_head(self) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 from megarank.config.schema import ModelConfig
 from megarank.models.attention import RotaryEmbedding
 from megarank.models.block import Block
+from megarank.models.chunked_loss import chunked_next_token_loss
 
 
 class GPT(nn.Module):
@@ -69,10 +70,13 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        x = self.ln_f(x)
         if targets is None:
-            return logits
-        return self.loss_fn(logits.float().view(B * T, -1), targets.reshape(B * T))
+            return self.lm_head(x)  # (B, T, vocab)
+        if self.cfg.loss_chunk_tokens:
+            return chunked_next_token_loss(self.lm_head, self.loss_fn, x.reshape(B * T, -1), targets.reshape(B * T),
+                                           self.cfg.loss_chunk_tokens)
+        return self.loss_fn(self.lm_head(x).float().view(B * T, -1), targets.reshape(B * T))
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -9,7 +9,8 @@ Activations per layer without recomputation or sequence parallelism (Korthikanti
 Activation checkpointing (train.activation_checkpointing): a recomputed block keeps only its 16-bit input,
 2·s·b·h bytes, and one block's full activations exist at a time during its recompute (Korthikanti et al.'s
 "full recomputation"); 'selective' recomputes every k-th block, the others keep everything.
-Logits: s·b·V/t in fp32, twice (the logits and the softmax saved for the backward).
+Logits: s·b·V/t in fp32, twice (the logits and the softmax saved for the backward); with model.loss_chunk_tokens
+only one chunk of tokens' worth at a time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def estimate_memory(cfg: ExperimentConfig, world_size: int, *, bf16: bool = True
     recomputed = len(checkpointed_block_indices(L, cfg.train.activation_checkpointing,
                                                 cfg.train.activation_checkpointing_every))
     activations = (L - recomputed) * per_block + recomputed * 2 * s * b * h + (per_block if recomputed else 0)
-    logits = 2 * 4 * s * b * vocab / tp
+    logit_tokens = min(m.loss_chunk_tokens, s * b) if m.loss_chunk_tokens else s * b
+    logits = 2 * 4 * logit_tokens * vocab / tp
     gb = 1024**3
     return MemoryEstimate(params_total=sharded + replicated, params_per_rank=psi, model_states_gb=psi * per_param / gb,
                           activations_gb=activations / gb, logits_gb=logits / gb)

@@ -35,3 +35,10 @@ def test_activation_checkpointing_keeps_block_inputs_and_one_block(mode, every, 
     block = 32 * 4 * 64 * (10 + 24)
     assert plain.activations_gb == pytest.approx(4 * block / GB)
     assert est.activations_gb == pytest.approx(((4 - recomputed) * block + recomputed * 2 * 32 * 4 * 64 + block) / GB)
+
+
+def test_chunked_loss_holds_one_chunk_of_logits():
+    base = ["model.n_layers=2", "model.d_model=64", "model.n_heads=4", "model.seq_len=32", "model.vocab_size=256",
+            "train.micro_batch=4"]
+    est = estimate_memory(load_config("configs/default.yaml", [*base, "model.loss_chunk_tokens=16"]), world_size=1)
+    assert est.logits_gb == pytest.approx(8 * 16 * 256 / GB)

@@ -27,10 +27,11 @@ def test_bench_writes_kernel_and_training_figures(tiny_corpus, tmp_path):
     training = results["training"]
     assert training["steps"] == 7 and training["tokens_per_s"] > 0 and training["final_loss"] > 0
     levers = {row["variant"]: row for row in results["levers"]}
-    assert set(levers) == {"plain PyTorch loop", "megarank", "compile", "ac_full", "ac_selective"}
+    assert set(levers) == {"plain PyTorch loop", "megarank", "compile", "ac_full", "ac_selective",
+                            "chunked_loss"}
     for row in levers.values():
         assert row["tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
     assert levers["plain PyTorch loop"]["vs_reference"] == 1
     # the same model, data and optimizer: every variant ends at the same loss (float noise apart)
-    for name in ("megarank", "compile", "ac_full", "ac_selective"):
+    for name in ("megarank", "compile", "ac_full", "ac_selective", "chunked_loss"):
         assert levers[name]["final_loss"] == pytest.approx(levers["plain PyTorch loop"]["final_loss"], rel=1e-4)
