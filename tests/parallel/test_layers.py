@@ -107,3 +107,14 @@ def worker(rank, port):
 
 def test_tp_layers_match_full_layers():
     mp.spawn(worker, args=(free_port(),), nprocs=TP, join=True)
+
+
+def test_the_plan_names_every_sharded_module_and_nothing_else():
+    from megarank.parallel.tensor_parallel import plan_style
+
+    assert plan_style("lm_head") == "vocab_column" and plan_style("wte") == "vocab"
+    assert plan_style("blocks.3.attn") == "tp_dropout"
+    assert plan_style("blocks.3.attn.q_proj") == "column" and plan_style("blocks.3.attn.o_proj") == "row"
+    assert plan_style("blocks.3.mlp.fc_in") == "column" and plan_style("blocks.3.mlp.fc_out") == "row"
+    for replicated in ("head", "blocks.3.ln_1", "ln_f", "wpe", "patch_embed.proj", "blocks.3.mlp"):
+        assert plan_style(replicated) is None, replicated
