@@ -1,6 +1,7 @@
 """The bf16 path every GPU run takes, run here on CPU (DeepSpeed's bf16: bf16 compute, fp32 master weights
 and optimizer state): 10 steps train and stay within bf16 tolerance of fp32; TP=2 within bf16 tolerance of
-one process; resume is bit for bit; activation checkpointing gives the same losses as without."""
+one process; resume is bit for bit; activation checkpointing gives the same losses as without; every lever
+together (compile, selective recomputation, chunked loss) at TP=2 stays within bf16 tolerance."""
 
 from __future__ import annotations
 
@@ -47,3 +48,13 @@ def test_bf16_resume_is_bitwise_and_checkpointing_changes_nothing(bf16_run, tiny
     shutil.rmtree(run_dir / "checkpoints" / "global_step10")
     run_training(run_dir, tiny_corpus, *BF16, "train.activation_checkpointing=full")
     assert train_losses(run_dir) == train_losses(bf16_run)
+
+
+def test_bf16_with_every_lever_matches_plain_bf16(bf16_run, tiny_corpus, tmp_path):
+    """compile, selective recomputation and the chunked loss together, under bf16, at TP=2: within bf16
+    tolerance of the plain one-process bf16 run (compiled kernels may round bf16 differently)."""
+    run_training(tmp_path / "levers", tiny_corpus, *BF16, "parallel.tp=2", "train.compile=true",
+                 "train.activation_checkpointing=selective", "model.loss_chunk_tokens=12", nproc=2)
+    reference, losses = train_losses(bf16_run), train_losses(tmp_path / "levers")
+    for step, expected in reference.items():
+        assert losses[step] == pytest.approx(expected, rel=BF16_REL), f"step {step}"
