@@ -14,6 +14,9 @@
    chunked loss (1024 tokens a chunk), and the plain PyTorch loop of megarank/bench/reference_loop.py (same
    model, data and optimizer, no DeepSpeed) — tokens/s, the ratio to that loop, and peak memory (GPU: the
    allocator's peak; CPU: the process's peak resident set, which includes the Python runtime).
+4. The matmul ceiling: the FLOP/s of one large matmul measured in the same run (GPU: 8192² bf16; CPU: 2048²
+   fp32), and every training row's model FLOP/s per device (PaLM's 6N + 12LTd per token) as a fraction of it —
+   besides MFU against the datasheet peak on a GPU.
 Prints a table and writes everything, device named, as JSON. Targets are judged from this file's output, never
 in timed unit tests.
 """
@@ -32,7 +35,9 @@ from pathlib import Path
 
 import torch
 
+from megarank.config import load_config
 from megarank.models.attention import HAS_FLASH_ATTN, attention
+from megarank.train.throughput import train_flops_per_token
 
 REPO = Path(__file__).resolve().parents[1]
 # GPT-2 small at 1024 tokens on the embedded corpus: what a GPU is measured on unless --config says otherwise
@@ -89,6 +94,16 @@ def bench_attention() -> list[dict]:
     return rows
 
 
+def bench_matmul() -> dict:
+    """The FLOP/s one large matmul reaches here: the ceiling the training rows are compared against."""
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    n, dtype = (8192, torch.bfloat16) if gpu else (2048, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    seconds = time_call(lambda: a @ b, device, repeats=20 if gpu else 5)
+    return {"shape": [n, n, n], "dtype": str(dtype)[6:], "tflops": 2 * n**3 / seconds / 1e12}
+
+
 def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
     gpu = torch.cuda.is_available()
     default_gpu = [*GPU_OVERRIDES, f"train.global_batch={16 * torch.cuda.device_count()}"] if gpu else []
@@ -107,6 +122,7 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
         if returncode != 0:
             raise SystemExit(f"error: the training run failed ({returncode}):\n{stderr[-3000:]}")
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        model = load_config(str(Path(tmp) / "run" / "config.yaml")).model  # vocab_size resolved by the run
     timed = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
     if not timed:
         raise SystemExit(f"error: --steps {steps} leaves no step after the {WARMUP_STEPS} warm-up steps; raise it")
@@ -115,6 +131,9 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
               key: statistics.median(r[key] for r in timed),
               "step_time_s": statistics.median(r["step_time_s"] for r in timed),
               "final_loss": records[-1].get("loss")}
+    if key == "tokens_per_s" and model.family == "gpt":
+        world = torch.cuda.device_count() if gpu else 1
+        result["model_tflops_per_device"] = result[key] * train_flops_per_token(model) / world / 1e12
     if gpu:
         result["mfu"] = statistics.median(r["mfu"] for r in timed)
         result["peak_mem_gb"] = max(r["peak_mem_gb"] for r in timed)
@@ -187,10 +206,15 @@ def main() -> None:
     args = parser.parse_args()
     training = bench_training(args.steps, args.config, args.overrides)
     results = {"device": device_name(), "torch": torch.__version__, "flash_attn": HAS_FLASH_ATTN,
-               "attention": bench_attention(), "training": training}
+               "matmul": bench_matmul(), "attention": bench_attention(), "training": training}
     if args.levers:
         results["levers"] = bench_levers(args.steps, args.config, args.overrides, training)
+    for row in [training, *results.get("levers", [])]:
+        if "model_tflops_per_device" in row:
+            row["vs_matmul_ceiling"] = row["model_tflops_per_device"] / results["matmul"]["tflops"]
     print(f"device: {results['device']}  torch {results['torch']}  flash_attn installed: {HAS_FLASH_ATTN}")
+    mm = results["matmul"]
+    print(f"matmul    {mm['dtype']:<8} {'x'.join(map(str, mm['shape'])):<16} {mm['tflops']:.3f} TFLOP/s (the ceiling)")
     for row in results["attention"]:
         print(f"attention {row['backend']:<6} {row['dtype']:<8} {'x'.join(map(str, row['shape'])):<16} "
               f"fwd+bwd {row['fwd_bwd_ms']:8.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
@@ -201,7 +225,9 @@ def main() -> None:
         memory = (f"peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row
                   else f"peak RSS {row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "")
         ratio = f"{row['vs_reference']:.3f}x the plain loop" if "vs_reference" in row else ""
-        print(f"lever {row['variant']:<20} {row.get('tokens_per_s', 0):10.0f} tokens/s  {ratio:<24} {memory}")
+        ceiling = f"{row['vs_matmul_ceiling']:.1%} of the matmul ceiling" if "vs_matmul_ceiling" in row else ""
+        print(f"lever {row['variant']:<20} {row.get('tokens_per_s', 0):10.0f} tokens/s  {ratio:<24} {ceiling:<30} "
+              f"{memory}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

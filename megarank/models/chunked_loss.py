@@ -5,7 +5,9 @@ or the softmax, for backward: at 16k tokens × 50k vocabulary that is 3.3 GB, tw
 through the LM head and the loss a chunk at a time, each chunk under activation checkpointing, so only one
 chunk's logits and their gradient exist at once, in forward and in backward (the head's matmul is recomputed,
 ~1/3 more FLOPs on the head). The loss and gradients are the plain path's up to float summation order.
-Works with any head and loss (the vocabulary-parallel ones under TP included). On GPU a fused kernel (Liger,
+Works with any head and loss (the vocabulary-parallel ones under TP included; there each chunk's backward
+all-reduces its own slice of the hidden-state gradient). Chunk means are weighted by token count, which is
+the plain mean because no loss here ignores targets (no ignore_index in the data). On GPU a fused kernel (Liger,
 Apple's cut-cross-entropy) could replace the inner function; none installs on CPU.
 """
 

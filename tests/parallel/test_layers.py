@@ -1,10 +1,12 @@
 """Tensor-parallel layers and mappings in 2 real gloo processes against the full single-device layers:
 outputs, input gradients and (gathered) weight gradients equal within 1e-5; the vocab-parallel loss equals
-F.cross_entropy on the full logits; the TP dropout stream differs across TP ranks while the default one does not."""
+F.cross_entropy on the full logits, and so does it taken a chunk of tokens at a time (models/chunked_loss.py,
+gradients included); the TP dropout stream differs across TP ranks while the default one does not."""
 
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -12,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from megarank.models.chunked_loss import chunked_next_token_loss
 from megarank.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                       vocab_parallel_cross_entropy)
 from megarank.parallel.mappings import (copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region,
@@ -80,6 +83,29 @@ def check_layers(rank, group):
     assert col.weight.tensor_model_parallel and not hasattr(row.bias, "tensor_model_parallel")
 
 
+def check_chunked_loss(rank, group):
+    """The chunked loss over a vocab-parallel tied head (15 tokens in chunks of 4: the last one partial)
+    against the plain loss on the full logits: loss, trunk and embedding gradients."""
+    torch.manual_seed(0)
+    d, vocab, n_tokens = 8, 10, 15
+    trunk, emb = nn.Linear(d, d), nn.Embedding(vocab, d)
+    ids, targets = torch.randint(0, vocab, (n_tokens,)), torch.randint(0, vocab, (n_tokens,))
+    reference_loss = F.cross_entropy(trunk(emb(ids)) @ emb.weight.T, targets)
+    reference_loss.backward()
+
+    kw = dict(tp_rank=rank, tp_size=TP, group=group)
+    tp_trunk, vemb = nn.Linear(d, d), VocabParallelEmbedding(emb, **kw)
+    tp_trunk.load_state_dict(trunk.state_dict())  # replicated, as outside the TP plan
+    head = ColumnParallelLinear(nn.Linear(d, vocab, bias=False), **kw, weight=vemb.weight)
+    loss_fn = partial(vocab_parallel_cross_entropy, group=group, vocab_start=vemb.vocab_start)
+    loss = chunked_next_token_loss(head, loss_fn, tp_trunk(vemb(ids)), targets, chunk_tokens=4)
+    close(loss, reference_loss.detach())
+    loss.backward()
+    close(tp_trunk.weight.grad, trunk.weight.grad)
+    close(tp_trunk.bias.grad, trunk.bias.grad)
+    close(gather(vemb.weight.grad, 0, group), emb.weight.grad)  # embedding + tied head gradients
+
+
 def check_rng(rank, group):
     torch.manual_seed(7)
     tp_rng = TPRandomState(7, rank, torch.device("cpu"))
@@ -100,6 +126,7 @@ def worker(rank, port):
         group = dist.new_group(list(range(TP)))
         check_mappings(rank, group)
         check_layers(rank, group)
+        check_chunked_loss(rank, group)
         check_rng(rank, group)
     finally:
         dist.destroy_process_group()

@@ -26,6 +26,8 @@ def test_bench_writes_kernel_and_training_figures(tiny_corpus, tmp_path):
         assert row["fwd_bwd_ms"] > 0 and row["max_abs_diff_vs_math"] < 1e-5
     training = results["training"]
     assert training["steps"] == 7 and training["tokens_per_s"] > 0 and training["final_loss"] > 0
+    assert results["matmul"]["tflops"] > 0
+    assert 0 < training["vs_matmul_ceiling"] < 1  # a training step cannot beat one big matmul
     levers = {row["variant"]: row for row in results["levers"]}
     assert set(levers) == {"plain PyTorch loop", "megarank", "compile", "ac_full", "ac_selective",
                             "chunked_loss"}
