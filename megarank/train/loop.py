@@ -67,7 +67,7 @@ def train(cfg: ExperimentConfig) -> dict:
         log.info("activation checkpointing (%s): blocks %s recompute their forward in backward",
                  cfg.train.activation_checkpointing, ", ".join(map(str, recomputed)))
     if cfg.train.compile:
-        compiled = compile_blocks(model)
+        compiled = compile_blocks(model, cfg.zero.stage)
         if world.is_main:
             log.info("torch.compile: %d blocks (compiled at their first step)", compiled)
     model.to(world.device)
