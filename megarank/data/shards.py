@@ -56,12 +56,10 @@ def write_shards(
         raise MegarankError(f"shard_tokens must be positive, got {shard_tokens}; pass e.g. 50_000_000")
     if not 0 <= eos_id < vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary of {vocab_size}")
-    # ids run from 0 to vocab_size - 1, so a 65536-entry vocabulary still fits in uint16
-    dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        writer = _ShardWriter(tmp_dir, dtype, vocab_size, shard_tokens)
+        writer = ShardWriter(tmp_dir, vocab_size, shard_tokens)
         n_docs = 0
         buffer: list[int] = []
         for ids in docs_token_ids:
@@ -75,15 +73,7 @@ def write_shards(
         shards = writer.close()
         if n_docs == 0:
             raise MegarankError(f"no documents to write to {out_dir}; the input is empty, check its path and split")
-        index = {
-            "format_version": FORMAT_VERSION,
-            "dtype": dtype.name,
-            "vocab_size": vocab_size,
-            "eos_id": eos_id,
-            "shards": shards,
-            "n_tokens": sum(s["n_tokens"] for s in shards),
-            "n_docs": n_docs,
-        }
+        index = index_fields(shards, vocab_size=vocab_size, eos_id=eos_id, n_docs=n_docs)
         (tmp_dir / INDEX_NAME).write_text(json.dumps({**index, **extra_meta}, indent=1) + "\n")
         os.replace(tmp_dir, out_dir)  # an existing empty out_dir is replaced too
     except BaseException:
@@ -92,11 +82,32 @@ def write_shards(
     return out_dir
 
 
-class _ShardWriter:
-    """Appends tokens to the current shard file, opening the next one when it is full."""
+def token_dtype(vocab_size: int) -> np.dtype:
+    # ids run from 0 to vocab_size - 1, so a 65536-entry vocabulary still fits in uint16
+    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
-    def __init__(self, directory: Path, dtype: np.dtype, vocab_size: int, shard_tokens: int) -> None:
-        self.directory, self.dtype, self.vocab_size, self.shard_tokens = directory, dtype, vocab_size, shard_tokens
+
+def index_fields(shards: list[dict], *, vocab_size: int, eos_id: int, n_docs: int) -> dict:
+    """The fields of index.json that training reads, for shards written by ShardWriter (in stream order)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dtype": token_dtype(vocab_size).name,
+        "vocab_size": vocab_size,
+        "eos_id": eos_id,
+        "shards": shards,
+        "n_tokens": sum(s["n_tokens"] for s in shards),
+        "n_docs": n_docs,
+    }
+
+
+class ShardWriter:
+    """Appends tokens to the current shard file in `directory`, opening the next one when it is full; close()
+    returns the shard list ({file, n_tokens, sha256}) for index.json."""
+
+    def __init__(self, directory: Path, vocab_size: int, shard_tokens: int, name_format: str = "shard_{:05d}.bin"):
+        self.directory, self.vocab_size, self.shard_tokens = Path(directory), vocab_size, shard_tokens
+        self.dtype, self.name_format = token_dtype(vocab_size), name_format
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self._file = None
         self._hash = None
@@ -131,7 +142,7 @@ class _ShardWriter:
         return self.shards
 
     def _open_next(self) -> None:
-        name = f"shard_{len(self.shards):05d}.bin"
+        name = self.name_format.format(len(self.shards))
         self._file = open(self.directory / name, "wb")
         self._hash = hashlib.sha256()
         self._n = 0

@@ -166,9 +166,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many documents at once; SentencePiece spreads them over its own C++ threads."""
-        return self._sp.encode(texts, out_type=int, num_threads=_ENCODE_THREADS)
+    def encode_batch(self, texts: list[str], num_threads: int = _ENCODE_THREADS) -> list[list[int]]:
+        """Encode many documents at once; SentencePiece spreads them over num_threads C++ threads (1 in a
+        preprocessing worker: the workers are the parallelism there)."""
+        return self._sp.encode(texts, out_type=int, num_threads=num_threads)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
