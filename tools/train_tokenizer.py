@@ -1,17 +1,19 @@
 """Train a SentencePiece tokenizer on local files (jsonl, jsonl.zst, json, parquet, txt) or a hub data set.
 
-    python tools/train_tokenizer.py --input 'data/*.jsonl.zst' --vocab-size 32000 --model-prefix tok/pile32k
+The training text is a seeded uniform sample of documents from every input file (--max-chars in all), read
+in --num-proc workers; the same inputs and seed give the same model.
+
+    python tools/train_tokenizer.py --input 'pile/train/*.jsonl.zst' --vocab-size 50304 --model-prefix tok/pile \
+        --num-proc 16
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
-from collections.abc import Iterator
 
-from megarank.data.preprocess import load_text_source
 from megarank.data.tokenizer import train_tokenizer
+from megarank.data.tokenizer_sample import sample_documents
 from megarank.errors import MegarankError
 
 
@@ -23,12 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--model-prefix", required=True, help="writes MODEL_PREFIX.model")
     parser.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
-    parser.add_argument("--max-chars", type=int, default=20_000_000, help="train on at most this many characters")
+    parser.add_argument("--max-chars", type=int, default=20_000_000, help="train on a sample of this many characters")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the document sample")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes reading the input files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        # streaming: only the first max_chars characters are read, however large the source
-        sources = [load_text_source(s, split=args.split, text_key=args.text_key, streaming=True) for s in args.input]
-        texts = _texts(itertools.chain.from_iterable(sources), args.text_key)
+        texts = sample_documents(args.input, max_chars=args.max_chars, seed=args.seed, split=args.split,
+                                 text_key=args.text_key, num_proc=args.num_proc, show_progress=not args.no_progress)
         path = train_tokenizer(
             texts, args.model_prefix, args.vocab_size, model_type=args.model_type, max_chars=args.max_chars
         )
@@ -37,11 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(path)
     return 0
-
-
-def _texts(rows: Iterator[dict], text_key: str) -> Iterator[str]:
-    for row in rows:
-        yield row[text_key] or ""
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ or Ctrl-C the workers are terminated at once: a part in flight is redone by the 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
 import queue
 import time
 from collections.abc import Callable, Iterable
@@ -81,6 +83,7 @@ def run_parts(fn: Callable[[Any, Report], Any], jobs: Iterable[Any], *, num_proc
                 job = pending.pop(future)
                 on_result(job, future.result())
                 progress.part_done()
+        executor.shutdown(wait=True)
     except BrokenProcessPool as err:
         raise MegarankError(f"a tokenizer worker died ({err}); out of memory? lower --num-proc and rerun") from err
     finally:
@@ -99,6 +102,17 @@ def _terminate(executor: ProcessPoolExecutor) -> None:
 def _init_worker(reports) -> None:
     global _worker_queue
     _worker_queue = reports
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the main process dies (a kill -9, an OOM kill), so no orphan
+    goes on writing files that the rerun is writing again."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker stops at the end of its part
+        pass
 
 
 def _call(fn: Callable, job: Any) -> Any:

@@ -15,6 +15,7 @@ renamed into place, so OUT/<split> is either complete or absent.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -94,30 +95,40 @@ def preprocess(
             for role in sources if set(outputs[role]) & set(todo)
             for part in source_parts(sources[role], split=split, text_key=text_key)]
     if todo:
-        progress_file = _open_staging(staging, settings, todo)
+        _tokenize_splits(jobs, todo, staging, out_dir, settings, tokenizer_model, num_proc, show_progress)
+    summary = {}
+    for name in splits:
+        shards = TokenShards(out_dir / name)
+        summary[name] = {"n_docs": shards.meta["n_docs"], "n_tokens": shards.n_tokens, "dir": str(out_dir / name)}
+    return summary
+
+
+def _tokenize_splits(jobs: list[PartJob], todo: list[str], staging: Path, out_dir: Path, settings: dict,
+                     tokenizer_model: str | Path, num_proc: int, show_progress: bool) -> None:
+    """Tokenize the parts progress.json does not record yet, then index and move each split into place."""
+    progress_file = _open_staging(staging, settings, todo)
+    with _lock(staging):
         records = _recorded(progress_file, jobs)
         _remove_unrecorded(staging, todo, records)
         pending = sorted((job for job in jobs if job.key not in records), key=_size, reverse=True)
+
+        def record(job: PartJob, result: dict) -> None:
+            records[job.key] = result
+            _write_json(progress_file, {"settings": settings, "parts": records})
+
         bar = Progress(len(pending), f"tokenizing {len(pending)} of {len(jobs)} parts", enabled=show_progress)
         try:
-            def record(job: PartJob, result: dict) -> None:
-                records[job.key] = result
-                _write_json(progress_file, {"settings": settings, "parts": records})
-
             run_parts(tokenize_part, pending, num_proc=num_proc, progress=bar, on_result=record)
         except BaseException:
             _remove_unrecorded(staging, todo, records)  # the parts in flight; recorded ones stay for the rerun
             raise
         finally:
             bar.close()
+        for name in todo:  # every split has documents before any is moved into place
+            _check_not_empty(out_dir / name, name, jobs, records, settings)
         for name in todo:
             _finish_split(staging / name, out_dir / name, name, jobs, records, settings, tokenizer_model)
-        shutil.rmtree(staging)
-    summary = {}
-    for name in splits:
-        shards = TokenShards(out_dir / name)
-        summary[name] = {"n_docs": shards.meta["n_docs"], "n_tokens": shards.n_tokens, "dir": str(out_dir / name)}
-    return summary
+    shutil.rmtree(staging)
 
 
 def _check_arguments(sources: dict, val_fraction: float, num_proc: int, shard_tokens: int) -> None:
@@ -216,6 +227,17 @@ def _open_staging(staging: Path, settings: dict, splits: list[str]) -> Path:
     return progress_file
 
 
+def _lock(staging: Path):
+    """One run per output directory: a second one would write the same part files."""
+    handle = open(staging / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise MegarankError(f"another preprocessing run is writing {staging.parent}; wait for it or stop it") from None
+    return handle
+
+
 def _recorded(progress_file: Path, jobs: list[PartJob]) -> dict:
     """The finished parts progress.json records whose input has not changed since (a changed file is redone)."""
     records = json.loads(progress_file.read_text())["parts"]
@@ -233,16 +255,19 @@ def _remove_unrecorded(staging: Path, splits: list[str], records: dict) -> None:
                 path.unlink()
 
 
+def _check_not_empty(out: Path, name: str, jobs: list[PartJob], records: dict, settings: dict) -> None:
+    if sum(records[job.key][name]["n_docs"] for job in jobs if name in job.outputs) == 0:
+        held = "no document fell in val; raise --val-fraction or give a val source" if name == "val" and \
+            settings["val_fraction"] else "the input is empty, check its path and split"
+        raise MegarankError(f"no documents for {out}: {held}")
+
+
 def _finish_split(staging: Path, out: Path, name: str, jobs: list[PartJob], records: dict, settings: dict,
                   tokenizer_model: str | Path) -> None:
     """Write the split's index.json (shards in part order) and rename it into place."""
     parts = [(job, records[job.key][name]) for job in jobs if name in job.outputs]
     shards = [shard for _, record in parts for shard in record["shards"]]
     n_docs = sum(record["n_docs"] for _, record in parts)
-    if n_docs == 0:
-        held = "no document fell in val; raise --val-fraction or give a val source" if name == "val" and \
-            settings["val_fraction"] else "the input is empty, check its path and split"
-        raise MegarankError(f"no documents for {out}: {held}")
     tokenizer = Tokenizer(tokenizer_model)
     index = index_fields(shards, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, n_docs=n_docs)
     role = parts[0][0].role

@@ -91,10 +91,11 @@ def part_texts(part: Part, text_key: str) -> Iterator[str]:
     n_docs = 0
     try:
         if part.is_local:
-            ds = _open(part.builder, [part.name], part.name, part.split, text_key, streaming=True)
+            ds = _load(part.builder, [part.name], part.split, streaming=True)
         else:
-            ds = _open(part.source, None, part.source, part.split, text_key, streaming=True)
-            ds = ds.shard(num_shards=part.n_parts, index=part.index)
+            ds = _load(part.source, None, part.split, streaming=True).shard(num_shards=part.n_parts, index=part.index)
+        if text_key not in _column_names(ds):
+            raise _bad_document(part, text_key, 0)
         batches = ds.select_columns([text_key]).iter(batch_size=_READ_BATCH)
         for batch in batches:
             texts = batch[text_key]
@@ -109,17 +110,22 @@ def part_texts(part: Part, text_key: str) -> Iterator[str]:
         raise _read_error(part, text_key, n_docs, err) from err
 
 
+def _load(path: str, files: list[str] | None, split: str, streaming: bool):
+    """datasets.load_dataset of a hub set (files None) or of local files with their builder."""
+    options = {} if files is None else {"data_files": {split: files}}
+    if path == "text":
+        options["sample_by"] = "document"
+    return datasets.load_dataset(path, split=split, streaming=streaming, **options)
+
+
 def _open(path: str, files: list[str] | None, where: str, split: str, text_key: str, streaming: bool):
     if files is None:
-        options, fix = {}, "check the name, or give a local file (the hub needs internet)"
-        where = f"hub data set '{where}'"
+        fix, where = "check the name, or give a local file (the hub needs internet)", f"hub data set '{where}'"
     else:
-        options, fix = {"data_files": {split: files}}, "check the file's format and --split"
+        fix = "check the file's format and --split"
         where = files[0] + (f" (and {len(files) - 1} more files)" if len(files) > 1 else "")
-        if path == "text":
-            options["sample_by"] = "document"
     try:
-        ds = datasets.load_dataset(path, split=split, streaming=streaming, **options)
+        ds = _load(path, files, split, streaming)
         columns = _column_names(ds)  # a streamed set reads (and may fail) here, so inside the try
     except Exception as err:  # datasets raises many types (hub, parsing, missing split); the user needs one line
         raise MegarankError(f"could not load {where}: {_first_line(err)}; {fix}") from err

@@ -1,6 +1,6 @@
 """Preprocessing: jsonl, jsonl.zst (the Pile's layout), parquet and txt inputs made in the test, tokenized to
-shards and decoded back against the documents that were written; the val split against its stated rule;
-bad inputs against errors that name them; the two CLIs against the library calls."""
+shards and decoded back against the documents that were written; the held-out val split against its stated
+rule (held_out); bad inputs against errors that name them; the two CLIs against the library calls."""
 
 import hashlib
 import importlib.util
@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-import megarank.data.preprocess as preprocess_module
-from megarank.data.preprocess import load_text_source, preprocess
+import megarank.data.sources as sources_module
+from megarank.data.preprocess import held_out, preprocess
+from megarank.data.sources import load_text_source
 from megarank.data.shards import TokenShards
 from megarank.data.tokenizer import Tokenizer, train_tokenizer
+from megarank.data.tokenizer_sample import sample_documents
 from megarank.errors import MegarankError
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
@@ -86,7 +88,7 @@ def test_zst_without_zstandard_is_a_clear_error(model, tmp_path, monkeypatch):
     def find_spec_without_zstandard(name, *args):
         return None if name == "zstandard" else real_find_spec(name, *args)
 
-    monkeypatch.setattr(preprocess_module.importlib.util, "find_spec", find_spec_without_zstandard)
+    monkeypatch.setattr(sources_module.importlib.util, "find_spec", find_spec_without_zstandard)
     with pytest.raises(MegarankError, match="needs the zstandard package; pip install zstandard"):
         load_text_source(str(source))
 
@@ -112,9 +114,10 @@ def test_val_split_is_seeded_disjoint_and_complete(model, tmp_path):
     tokenizer = Tokenizer(model)
     splits = {}
     for run, seed in (("a", 0), ("b", 0), ("c", 1)):
-        summary = preprocess(source, model, tmp_path / run, val_fraction=0.1, seed=seed)
-        assert summary["val"]["n_docs"] == round(0.1 * len(DOCS))
+        summary = preprocess(source, model, tmp_path / run, val_fraction=0.1, seed=seed, show_progress=False)
         splits[run] = [read_docs(tmp_path / run / name, tokenizer) for name in ("train", "val")]
+        rule = [d for i, d in enumerate(DOCS) if held_out(seed, 0, i, 0.1)]
+        assert splits[run][1] == rule and summary["val"]["n_docs"] == len(rule) > 0
     train, val = splits["a"]
     assert splits["b"] == splits["a"] and splits["c"][1] != val
     assert sorted(train + val) == sorted(DOCS) and not set(train) & set(val)
@@ -122,11 +125,16 @@ def test_val_split_is_seeded_disjoint_and_complete(model, tmp_path):
 
 
 def test_two_processes_give_the_same_shards(model, tmp_path):
-    source = str(write_jsonl(tmp_path / "docs.jsonl", DOCS))
-    preprocess(source, model, tmp_path / "one", num_proc=1)
-    preprocess(source, model, tmp_path / "two", num_proc=2)
-    one, two = TokenShards(tmp_path / "one" / "train"), TokenShards(tmp_path / "two" / "train")
-    np.testing.assert_array_equal(one.read(0, one.n_tokens), two.read(0, two.n_tokens))
+    (tmp_path / "src").mkdir()
+    for k in range(3):
+        write_jsonl(tmp_path / "src" / f"{k:02d}.jsonl", DOCS[k * 20 : (k + 1) * 20])
+    preprocess(str(tmp_path / "src"), model, tmp_path / "one", num_proc=1, shard_tokens=100, show_progress=False)
+    preprocess(str(tmp_path / "src"), model, tmp_path / "two", num_proc=2, shard_tokens=100, show_progress=False)
+    one, two = tmp_path / "one" / "train", tmp_path / "two" / "train"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    for path in one.iterdir():
+        assert path.read_bytes() == (two / path.name).read_bytes(), path.name
+    assert read_docs(one, Tokenizer(model)) == DOCS
 
 
 def test_missing_path_names_it(model, tmp_path):
@@ -163,8 +171,9 @@ def test_malformed_json_is_one_line_naming_the_file(tmp_path):
 
 def test_too_few_documents_for_the_val_split(model, tmp_path):
     source = write_jsonl(tmp_path / "one.jsonl", DOCS[:1])
-    with pytest.raises(MegarankError, match="has 1 documents, too few"):
-        preprocess(str(source), model, tmp_path / "out", val_fraction=0.5)
+    with pytest.raises(MegarankError, match="no document fell in val; raise --val-fraction or give a val source"):
+        preprocess(str(source), model, tmp_path / "out", val_fraction=0.01, show_progress=False)
+    assert not (tmp_path / "out" / "train").exists() and not (tmp_path / "out" / "val").exists()
 
 
 def load_tool(name: str):
@@ -178,16 +187,19 @@ def test_cli_train_tokenizer_then_preprocess(tmp_path, capsys):
     docs = make_docs(300)
     source = str(write_jsonl(tmp_path / "docs.jsonl", docs))
     prefix = tmp_path / "cli_tok"
-    argv = ["--input", source, "--vocab-size", "300", "--model-prefix", str(prefix)]
+    argv = ["--input", source, "--vocab-size", "300", "--model-prefix", str(prefix), "--no-progress"]
     assert load_tool("train_tokenizer").main(argv) == 0
     model = Path(f"{prefix}.model")
     assert capsys.readouterr().out.strip() == str(model)
-    assert model.read_bytes() == train_tokenizer(docs, tmp_path / "library_tok", 300).read_bytes()
+    sample = sample_documents([source], max_chars=20_000_000, show_progress=False)  # all 300, in key order
+    assert sorted(sample) == sorted(docs)
+    assert model.read_bytes() == train_tokenizer(sample, tmp_path / "library_tok", 300).read_bytes()
 
-    argv = [source, "--tokenizer", str(model), "--out", str(tmp_path / "out"), "--val-fraction", "0.1"]
+    argv = [source, "--tokenizer", str(model), "--out", str(tmp_path / "out"), "--val-fraction", "0.1", "--no-progress"]
     assert load_tool("preprocess").main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {name: split["n_docs"] for name, split in summary.items()} == {"train": 270, "val": 30}
+    held = sum(held_out(0, 0, i, 0.1) for i in range(300))
+    assert {name: split["n_docs"] for name, split in summary.items()} == {"train": 300 - held, "val": held}
     tokenizer = Tokenizer(model)
     decoded = read_docs(tmp_path / "out" / "train", tokenizer) + read_docs(tmp_path / "out" / "val", tokenizer)
     assert sorted(decoded) == sorted(docs)
