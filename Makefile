@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce lock
+.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce lock bench-data
 
 install: $(STAMP)
 
@@ -65,6 +65,11 @@ bench: $(STAMP)
 # A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
 bench-rank: $(STAMP)
 	$(PY) tools/bench_rank.py --json runs/bench_rank.json
+
+# Preprocessing on a generated Pile-shaped input (100 and 200 MB): tokens/s against the encode limit, extra disk,
+# peak RSS.
+bench-data: $(STAMP)
+	$(PY) tools/bench_data.py --json runs/bench_data.json $(BENCH_ARGS)
 
 # The paper's experiments (configs/experiments/paper/): make exp-factorized, exp-scalar, exp-icl, exp-lm-sweep,
 # exp-vit-sweep, exp-pretrained; EXP_CONFIG picks a preset, OVERRIDES changes any knob, MODEL= the pretrained dir.

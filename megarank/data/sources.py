@@ -13,11 +13,15 @@ import glob
 import importlib.util
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
+# Reading text needs no tensors, but `datasets` imports torch when it loads a builder (+500 MB in the main
+# process and in every worker) unless told not to; the workers inherit the setting. A user's own value wins.
+os.environ.setdefault("USE_TORCH", "0")
+import datasets  # noqa: E402
 
 from megarank.errors import MegarankError
 
