@@ -24,7 +24,8 @@ from megarank.data.shards import TokenShards
 from megarank.data.sources import part_texts, source_parts
 from megarank.data.tokenizer import Tokenizer, train_tokenizer
 from megarank.errors import MegarankError
-from tests.helpers import REPO
+from megarank.evaluation.cli import main as evaluate
+from tests.helpers import REPO, run_training, train_losses
 
 SPLITS = ("train", "val", "test")
 
@@ -159,3 +160,13 @@ def test_a_partial_run_with_other_settings_is_refused(pile, model, tmp_path):
 def test_a_val_source_and_a_val_fraction_together_are_refused(pile, model, tmp_path):
     with pytest.raises(MegarankError, match="both a val source and --val-fraction"):
         preprocess(pile_sources(pile), model, tmp_path / "out", val_fraction=0.1, show_progress=False)
+
+
+def test_the_readme_recipe_trains_and_evaluates_on_the_output(straight, tmp_path):
+    """Preprocess -> train -> test perplexity, as README's Pile recipe: training reads the shards unchanged."""
+    run_dir = tmp_path / "run"
+    run_training(run_dir, straight, "train.max_steps=3", "checkpoint.every=3", "zero.stage=0")
+    assert sorted(train_losses(run_dir)) == [1, 2, 3]
+    assert evaluate([str(run_dir), "--data", str(straight), "--split", "test"]) == 0
+    report = json.loads((run_dir / "eval_test.json").read_text())
+    assert report["tokens"] == TokenShards(straight / "test").n_tokens - 1 and report["ppl"] > 1
