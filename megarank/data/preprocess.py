@@ -106,8 +106,9 @@ def preprocess(
 def _tokenize_splits(jobs: list[PartJob], todo: list[str], staging: Path, out_dir: Path, settings: dict,
                      tokenizer_model: str | Path, num_proc: int, show_progress: bool) -> None:
     """Tokenize the parts progress.json does not record yet, then index and move each split into place."""
-    progress_file = _open_staging(staging, settings, todo)
+    staging.mkdir(parents=True, exist_ok=True)
     with _lock(staging):
+        progress_file = _open_staging(staging, settings, todo)
         records = _recorded(progress_file, jobs)
         _remove_unrecorded(staging, todo, records)
         pending = sorted((job for job in jobs if job.key not in records), key=_size, reverse=True)

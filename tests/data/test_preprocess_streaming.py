@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import zstandard
@@ -170,3 +171,20 @@ def test_the_readme_recipe_trains_and_evaluates_on_the_output(straight, tmp_path
     assert evaluate([str(run_dir), "--data", str(straight), "--split", "test"]) == 0
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert report["tokens"] == TokenShards(straight / "test").n_tokens - 1 and report["ppl"] > 1
+
+
+def test_a_hub_data_set_is_cut_into_its_shards(pile, monkeypatch):
+    """A hub name (offline here: load_dataset answers with the local train files, as a hub set of 4 files
+    streams) becomes one part per shard, read in order through IterableDataset.shard."""
+    real_load = datasets.load_dataset
+    files = sorted(str(p) for p in (pile / "train").iterdir())
+    expected = documents(str(pile / "train"))
+
+    def hub(path, split, streaming, **options):
+        assert path == "org/pile-like" and streaming and not options
+        return real_load("json", data_files={split: files}, split=split, streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    parts = source_parts("org/pile-like")
+    assert [p.name for p in parts] == [f"org/pile-like[shard {k} of 4]" for k in range(4)]
+    assert [text for part in parts for text in part_texts(part, "text")] == expected
