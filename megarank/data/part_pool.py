@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
-import signal
 import queue
+import signal
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -35,11 +35,10 @@ class Progress:
     def __init__(self, n_parts: int, desc: str, enabled: bool = True) -> None:
         self.bar = tqdm(total=None, unit="doc", desc=desc, disable=not enabled, dynamic_ncols=True)
         self.n_parts, self.parts_done = n_parts, 0
-        self.docs = self.bytes = self.tokens = 0
+        self.bytes = self.tokens = 0
         self._start = time.perf_counter()
 
     def add(self, docs: int, n_bytes: int, tokens: int) -> None:
-        self.docs += docs
         self.bytes += n_bytes
         self.tokens += tokens
         self.bar.update(docs)

@@ -16,7 +16,6 @@ renamed into place, so OUT/<split> is either complete or absent.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from megarank.data.part_pool import Progress, Report, run_parts
 from megarank.data.shards import FORMAT_VERSION, INDEX_NAME, ShardWriter, TokenShards, check_writable, index_fields
-from megarank.data.sources import Part, part_texts, source_parts
+from megarank.data.sources import Part, part_texts, place_hash, source_parts
 from megarank.data.tokenizer import Tokenizer
 from megarank.errors import MegarankError
 
@@ -90,12 +89,12 @@ def preprocess(
     for name in todo:
         check_writable(out_dir / name)
     staging = out_dir / PARTIAL_DIR
-    jobs = [PartJob(part, role, outputs[role], str(staging), str(Path(tokenizer_model).resolve()), text_key,
+    jobs = [PartJob(part, role, outputs[role], str(staging), str(tokenizer.model_path.resolve()), text_key,
                     shard_tokens, val_fraction, seed)
             for role in sources if set(outputs[role]) & set(todo)
             for part in source_parts(sources[role], split=split, text_key=text_key)]
     if todo:
-        _tokenize_splits(jobs, todo, staging, out_dir, settings, tokenizer_model, num_proc, show_progress)
+        _tokenize_splits(jobs, todo, staging, out_dir, settings, tokenizer, num_proc, show_progress)
     summary = {}
     for name in splits:
         shards = TokenShards(out_dir / name)
@@ -104,7 +103,7 @@ def preprocess(
 
 
 def _tokenize_splits(jobs: list[PartJob], todo: list[str], staging: Path, out_dir: Path, settings: dict,
-                     tokenizer_model: str | Path, num_proc: int, show_progress: bool) -> None:
+                     tokenizer: Tokenizer, num_proc: int, show_progress: bool) -> None:
     """Tokenize the parts progress.json does not record yet, then index and move each split into place."""
     staging.mkdir(parents=True, exist_ok=True)
     with _lock(staging):
@@ -128,7 +127,7 @@ def _tokenize_splits(jobs: list[PartJob], todo: list[str], staging: Path, out_di
         for name in todo:  # every split has documents before any is moved into place
             _check_not_empty(out_dir / name, name, jobs, records, settings)
         for name in todo:
-            _finish_split(staging / name, out_dir / name, name, jobs, records, settings, tokenizer_model)
+            _finish_split(staging / name, out_dir / name, name, jobs, records, settings, tokenizer)
     shutil.rmtree(staging)
 
 
@@ -151,8 +150,7 @@ def _check_arguments(sources: dict, val_fraction: float, num_proc: int, shard_to
 def held_out(seed: int, part_index: int, doc_index: int, fraction: float) -> bool:
     """Whether a document goes to val: a seeded hash of its place, so the choice needs no count of the
     documents, is the same in any worker and on a rerun, and holds out `fraction` of them on average."""
-    digest = hashlib.blake2b(f"{seed}:{part_index}:{doc_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") < fraction * 2**64
+    return place_hash(seed, part_index, doc_index) < fraction * 2**64
 
 
 def tokenize_part(job: PartJob, report: Report) -> dict:
@@ -264,19 +262,18 @@ def _check_not_empty(out: Path, name: str, jobs: list[PartJob], records: dict, s
 
 
 def _finish_split(staging: Path, out: Path, name: str, jobs: list[PartJob], records: dict, settings: dict,
-                  tokenizer_model: str | Path) -> None:
+                  tokenizer: Tokenizer) -> None:
     """Write the split's index.json (shards in part order) and rename it into place."""
     parts = [(job, records[job.key][name]) for job in jobs if name in job.outputs]
     shards = [shard for _, record in parts for shard in record["shards"]]
     n_docs = sum(record["n_docs"] for _, record in parts)
-    tokenizer = Tokenizer(tokenizer_model)
     index = index_fields(shards, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, n_docs=n_docs)
     role = parts[0][0].role
     index.update({
         "source": settings["sources"][role],
         "source_split": settings["source_split"],
         "text_key": settings["text_key"],
-        "tokenizer": str(Path(tokenizer_model).resolve()),
+        "tokenizer": str(tokenizer.model_path.resolve()),
         "tokenizer_sha256": tokenizer.sha256,
         "val_fraction": settings["val_fraction"],
         "seed": settings["seed"],

@@ -10,6 +10,7 @@ part is re-read line by line to find it.
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import io
 import json
@@ -55,23 +56,11 @@ class Part:
         return self.builder is not None
 
 
-def load_text_source(
-    source: str,
-    *,
-    split: str = "train",
-    text_key: str = "text",
-    streaming: bool = False,
-) -> datasets.Dataset | datasets.IterableDataset:
-    """Open `source` as a data set with a `text_key` column.
-
-    A source that exists locally, contains a glob character, starts with '.', '/' or '~', or ends with a
-    known extension is local files (a directory means every known file under it); anything else is a
-    hub data set name, which only loads with internet access. All local files land in `split`.
-    """
-    files = _local_files(source)
-    if files is None:
-        return _open(source, None, source, split, text_key, streaming)
-    return _open(_builder_for(files, source), files, source, split, text_key, streaming)
+def place_hash(*place: object) -> int:
+    """A 64-bit hash of a document's place (seed, part, index...): seeded choices that need no shared random
+    state, so they are the same in any worker, for any number of workers and on a rerun."""
+    digest = hashlib.blake2b(":".join(map(str, place)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def source_parts(source: str, *, split: str = "train", text_key: str = "text") -> list[Part]:
@@ -79,12 +68,12 @@ def source_parts(source: str, *, split: str = "train", text_key: str = "text") -
     bad path, format or text key fails here, before any work starts."""
     files = _local_files(source)
     if files is None:
-        ds = _open(source, None, source, split, text_key, streaming=True)
+        ds = _open(source, None, source, split, text_key)
         n = ds.num_shards
         return [Part(source, split, k, n, f"{source}[shard {k} of {n}]", None, {"hub": source, "shard": k, "of": n})
                 for k in range(n)]
     builder = _builder_for(files, source)
-    _open(builder, files[:1], source, split, text_key, streaming=True)  # the format and the key, on the first file
+    _open(builder, files[:1], source, split, text_key)  # the format and the key, on the first file
     return [Part(source, split, k, len(files), f, builder, {"file": str(Path(f).resolve()), "bytes": Path(f).stat().st_size})
             for k, f in enumerate(files)]
 
@@ -95,9 +84,9 @@ def part_texts(part: Part, text_key: str) -> Iterator[str]:
     n_docs = 0
     try:
         if part.is_local:
-            ds = _load(part.builder, [part.name], part.split, streaming=True)
+            ds = _load(part.builder, [part.name], part.split)
         else:
-            ds = _load(part.source, None, part.split, streaming=True).shard(num_shards=part.n_parts, index=part.index)
+            ds = _load(part.source, None, part.split).shard(num_shards=part.n_parts, index=part.index)
         if text_key not in _column_names(ds):
             raise _bad_document(part, text_key, 0)
         batches = ds.select_columns([text_key]).iter(batch_size=_READ_BATCH)
@@ -114,22 +103,23 @@ def part_texts(part: Part, text_key: str) -> Iterator[str]:
         raise _read_error(part, text_key, n_docs, err) from err
 
 
-def _load(path: str, files: list[str] | None, split: str, streaming: bool):
-    """datasets.load_dataset of a hub set (files None) or of local files with their builder."""
+def _load(path: str, files: list[str] | None, split: str) -> datasets.IterableDataset:
+    """datasets.load_dataset, streaming, of a hub set (files None) or of local files with their builder."""
     options = {} if files is None else {"data_files": {split: files}}
     if path == "text":
         options["sample_by"] = "document"
-    return datasets.load_dataset(path, split=split, streaming=streaming, **options)
+    return datasets.load_dataset(path, split=split, streaming=True, **options)
 
 
-def _open(path: str, files: list[str] | None, where: str, split: str, text_key: str, streaming: bool):
+def _open(path: str, files: list[str] | None, where: str, split: str, text_key: str) -> datasets.IterableDataset:
+    """_load, with a failure to load or a missing text column as one line a user can act on."""
     if files is None:
         fix, where = "check the name, or give a local file (the hub needs internet)", f"hub data set '{where}'"
     else:
         fix = "check the file's format and --split"
         where = files[0] + (f" (and {len(files) - 1} more files)" if len(files) > 1 else "")
     try:
-        ds = _load(path, files, split, streaming)
+        ds = _load(path, files, split)
         columns = _column_names(ds)  # a streamed set reads (and may fail) here, so inside the try
     except Exception as err:  # datasets raises many types (hub, parsing, missing split); the user needs one line
         raise MegarankError(f"could not load {where}: {_first_line(err)}; {fix}") from err
@@ -221,7 +211,7 @@ def _builder_for(files: list[str], source: str) -> str:
     return builders.pop()
 
 
-def _column_names(ds: datasets.Dataset | datasets.IterableDataset) -> list[str]:
+def _column_names(ds: datasets.IterableDataset) -> list[str]:
     if ds.column_names is not None:
         return list(ds.column_names)
     first = next(iter(ds), None)  # a streamed json set may not know its columns until it reads a row

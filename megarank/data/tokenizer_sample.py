@@ -10,12 +10,11 @@ smallest. Every file is read once, in parallel, as sentencepiece's own input sam
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from dataclasses import dataclass
 
 from megarank.data.part_pool import Progress, Report, run_parts
-from megarank.data.sources import Part, part_texts, source_parts
+from megarank.data.sources import Part, part_texts, place_hash, source_parts
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ def sample_documents(sources: list[str], *, max_chars: int, seed: int = 0, split
 
 def document_key(seed: int, part: Part, doc_index: int) -> int:
     """A document's place in the sample order: a hash, so it needs no shared random state across workers."""
-    digest = hashlib.blake2b(f"{seed}:{part.source}:{part.index}:{doc_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return place_hash(seed, part.source, part.index, doc_index)
 
 
 def _sample_part(job: _SampleJob, report: Report) -> list[tuple[int, str, int, str]]:

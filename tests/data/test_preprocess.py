@@ -16,7 +16,7 @@ import zstandard
 
 import megarank.data.sources as sources_module
 from megarank.data.preprocess import held_out, preprocess
-from megarank.data.sources import load_text_source
+from megarank.data.sources import source_parts
 from megarank.data.shards import TokenShards
 from megarank.data.tokenizer import Tokenizer, train_tokenizer
 from megarank.data.tokenizer_sample import sample_documents
@@ -90,7 +90,7 @@ def test_zst_without_zstandard_is_a_clear_error(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources_module.importlib.util, "find_spec", find_spec_without_zstandard)
     with pytest.raises(MegarankError, match="needs the zstandard package; pip install zstandard"):
-        load_text_source(str(source))
+        source_parts(str(source))
 
 
 def test_parquet_directory(model, tmp_path):
@@ -141,21 +141,19 @@ def test_missing_path_names_it(model, tmp_path):
     with pytest.raises(MegarankError, match="nothere.jsonl not found"):
         preprocess(str(tmp_path / "nothere.jsonl"), model, tmp_path / "out")
     with pytest.raises(MegarankError, match="no files match"):
-        load_text_source(str(tmp_path / "*.parquet"))
+        source_parts(str(tmp_path / "*.parquet"))
 
 
 def test_missing_text_column_lists_the_columns(tmp_path):
     source = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     with pytest.raises(MegarankError, match=r"has no column 'body' \(columns: \['text', 'meta'\]\)"):
-        load_text_source(str(source), text_key="body")
-    with pytest.raises(MegarankError, match=r"has no column 'body'"):
-        load_text_source(str(source), text_key="body", streaming=True)
+        source_parts(str(source), text_key="body")
 
 
 def test_unknown_format_and_existing_output_are_refused(model, tmp_path):
     (tmp_path / "data.csv").write_text("text\nhello\n")
     with pytest.raises(MegarankError, match="unknown format of .*data.csv"):
-        load_text_source(str(tmp_path / "data.*"))
+        source_parts(str(tmp_path / "data.*"))
     (tmp_path / "out" / "train").mkdir(parents=True)
     (tmp_path / "out" / "train" / "index.json").write_text("{}")
     with pytest.raises(MegarankError, match="already exists and is not empty"):
@@ -165,7 +163,7 @@ def test_unknown_format_and_existing_output_are_refused(model, tmp_path):
 def test_malformed_json_is_one_line_naming_the_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(MegarankError, match="could not load .*bad.jsonl: .*; check the file's format") as err:
-        load_text_source(str(tmp_path / "bad.jsonl"))
+        source_parts(str(tmp_path / "bad.jsonl"))
     assert "\n" not in str(err.value)
 
 
