@@ -29,12 +29,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = 
 def compose(path: str | Path, overrides: Sequence[str] = (), schema: type = ExperimentConfig) -> DictConfig:
     """The merged OmegaConf tree (schema <- parts <- file <- overrides), still a DictConfig."""
     merged = OmegaConf.structured(schema)
-    for part in _read_with_defaults(Path(path), chain=()):
-        merged = _merge(merged, part, schema)
+    for part in read_with_defaults(Path(path), chain=()):
+        merged = merge_checked(merged, part, schema)
     for item in overrides:
         if "=" not in item:
             raise MegarankError(f"override '{item}' is not key=value; write e.g. train.max_steps=50")
-    return _merge(merged, OmegaConf.from_dotlist(list(overrides)), schema) if overrides else merged
+    return merge_checked(merged, OmegaConf.from_dotlist(list(overrides)), schema) if overrides else merged
 
 
 def to_object(cfg: DictConfig) -> ExperimentConfig:
@@ -53,7 +53,7 @@ def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def _read_with_defaults(path: Path, chain: tuple[Path, ...]) -> list[DictConfig]:
+def read_with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[DictConfig]:
     """The file's `defaults:` parts (recursively) followed by the file itself, without the defaults key."""
     if not path.is_file():
         raise MegarankError(f"config file '{path}' not found; pass a YAML file such as configs/default.yaml")
@@ -68,12 +68,13 @@ def _read_with_defaults(path: Path, chain: tuple[Path, ...]) -> list[DictConfig]
     parts: list[DictConfig] = []
     defaults = node.pop("defaults", [])
     for entry in defaults:
-        parts += _read_with_defaults(path.parent / str(entry), chain + (path.resolve(),))
+        parts += read_with_defaults(path.parent / str(entry), chain + (path.resolve(),))
     parts.append(node)
     return parts
 
 
-def _merge(base: DictConfig, other: DictConfig, schema: type = ExperimentConfig) -> DictConfig:
+def merge_checked(base: DictConfig, other: DictConfig, schema: type = ExperimentConfig) -> DictConfig:
+    """OmegaConf.merge with its errors as one line naming the key (and the nearest valid key of `schema`)."""
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as err:

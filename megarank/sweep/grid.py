@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from omegaconf import ListConfig, OmegaConf
 
-from megarank.config.load import _merge, _read_with_defaults, to_object
+from megarank.config.load import merge_checked, read_with_defaults, to_object
 from megarank.errors import MegarankError
 
 NAME_PLACEHOLDER = "{name}"
@@ -77,7 +77,7 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> GridConfig:
     merged = OmegaConf.structured(GridFile)
     axes: dict[str, list[Any]] = {}  # kept out of OmegaConf: its dot-list would split 'optim.wd_attn'
     found = False
-    for part in _read_with_defaults(path, chain=()):
+    for part in read_with_defaults(path, chain=()):
         if "grid" not in part:
             continue
         found = True
@@ -86,7 +86,7 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> GridConfig:
             raise MegarankError(f"'{path}': grid: must be a mapping with base, overrides, axes, run_root")
         for key, values in (section.pop("axes", None) or {}).items():
             axes[str(key)] = _axis_values(key, values)
-        merged = _merge(merged, OmegaConf.create({"grid": section}), GridFile)
+        merged = merge_checked(merged, OmegaConf.create({"grid": section}), GridFile)
     if not found:
         raise MegarankError(f"'{path}' has no grid: section; a grid file names base, overrides, axes, run_root "
                             "under grid: (see configs/sweeps/)")
@@ -104,7 +104,7 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> GridConfig:
         else:
             training_items.append(item)
     if grid_items:
-        merged = _merge(merged, OmegaConf.from_dotlist(grid_items), GridFile)
+        merged = merge_checked(merged, OmegaConf.from_dotlist(grid_items), GridFile)
     grid = to_object(merged).grid
     return replace(grid, axes=axes, overrides=[*grid.overrides, *training_items],
                    run_root=grid.run_root.replace(NAME_PLACEHOLDER, path.stem))

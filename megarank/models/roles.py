@@ -1,0 +1,128 @@
+"""The one table of parameter roles: what each parameter of megarank's models is, by name.
+
+Every component that must know a parameter reads it here, never from the name itself:
+    decay group   optim/groups.py builds the optimizer's groups from it (the paper's knob: attn vs mlp)
+    TP style      parallel/tensor_parallel.py shards by it; checkpoints record it for the offline tools
+    init          the models' reset_parameters initialise by it
+    analysis      the attention projections q, k, v, o: the per-head products W_Q,hᵀW_K,h and W_O,h W_V,h
+                  (docs/paper.md) are read from the parameters with these roles
+
+ROLE_TABLE is ordered, first match wins; a parameter no row matches is an error (a renamed layer fails loudly
+rather than silently changing its decay, bigscience Megatron-DeepSpeed #262). Adding a projection to the
+block is one row here.
+
+TP styles: 'column' (dim 0 split over TP ranks: output features, whole heads for q/k/v), 'row' (dim 1 split:
+input features), 'vocab' (dim 0 split by vocabulary id), 'replicated' (whole on every TP rank). A bias
+follows its linear's output: column-split under a column-parallel linear, replicated under a row-parallel one
+(added once, after the reduction).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from megarank.errors import MegarankError
+
+DECAY_GROUPS = ("no_decay", "attn", "mlp", "other")
+"""The optimizer's groups, in order. Each decayed group's strength is OptimConfig.wd_<group>."""
+TP_STYLES = ("column", "row", "vocab", "replicated")
+INITS = ("normal", "residual", "zeros", "ones")
+"""normal: N(0, init_std); residual: N(0, init_std / sqrt(2 n_layers)) for the projections that write into
+the residual stream (GPT-2); zeros; ones (norm gains)."""
+ATTENTION_ROLES = ("q", "k", "v", "o")
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a parameter is."""
+
+    name: str
+    """'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', 'norm', 'bias', 'embedding', 'position', 'head', ..."""
+    decay_group: str
+    tp_style: str
+    init: str
+
+
+@dataclass(frozen=True)
+class RoleRow:
+    pattern: str
+    """Regular expression matched (re.fullmatch) against the parameter's full name."""
+    role: Role
+
+
+def _row(pattern: str, name: str, decay_group: str, tp_style: str, init: str) -> RoleRow:
+    return RoleRow(pattern, Role(name, decay_group, tp_style, init))
+
+
+_BLOCK = r"(?:.*\.)?blocks\.\d+\."
+ROLE_TABLE: tuple[RoleRow, ...] = (
+    # attention: separate projections so that each head's factors can be read off (models/attention.py)
+    _row(_BLOCK + r"attn\.q_proj\.weight", "q", "attn", "column", "normal"),
+    _row(_BLOCK + r"attn\.k_proj\.weight", "k", "attn", "column", "normal"),
+    _row(_BLOCK + r"attn\.v_proj\.weight", "v", "attn", "column", "normal"),
+    _row(_BLOCK + r"attn\.o_proj\.weight", "o", "attn", "row", "residual"),
+    _row(_BLOCK + r"attn\.(q|k|v)_proj\.bias", "bias", "no_decay", "column", "zeros"),
+    _row(_BLOCK + r"attn\.o_proj\.bias", "bias", "no_decay", "replicated", "zeros"),
+    # MLP
+    _row(_BLOCK + r"mlp\.fc_in\.weight", "mlp_in", "mlp", "column", "normal"),
+    _row(_BLOCK + r"mlp\.fc_out\.weight", "mlp_out", "mlp", "row", "residual"),
+    _row(_BLOCK + r"mlp\.fc_in\.bias", "bias", "no_decay", "column", "zeros"),
+    _row(_BLOCK + r"mlp\.fc_out\.bias", "bias", "no_decay", "replicated", "zeros"),
+    # norms: the blocks' ln_1, ln_2 and the final ln_f
+    _row(r"(?:.*\.)?ln_\w+\.weight", "norm", "no_decay", "replicated", "ones"),
+    _row(r"(?:.*\.)?ln_\w+\.bias", "bias", "no_decay", "replicated", "zeros"),
+    # GPT: token embedding (vocab-parallel; the head is tied to it by default), positions, LM head
+    _row(r"wte\.weight", "embedding", "other", "vocab", "normal"),
+    _row(r"wpe\.weight", "position", "other", "replicated", "normal"),
+    _row(r"lm_head\.weight", "head", "other", "vocab", "normal"),
+    # ViT: patch embedding, class token, position table, class head (zero: uniform predictions at the start)
+    _row(r"patch_embed\.proj\.weight", "patch_embed", "other", "replicated", "normal"),
+    _row(r"patch_embed\.proj\.bias", "bias", "no_decay", "replicated", "zeros"),
+    _row(r"cls_token", "cls_token", "other", "replicated", "normal"),
+    _row(r"pos_embed", "position", "other", "replicated", "normal"),
+    _row(r"head\.weight", "head", "other", "replicated", "zeros"),
+    _row(r"head\.bias", "bias", "no_decay", "replicated", "zeros"),
+)
+_COMPILED = tuple((re.compile(row.pattern), row.role) for row in ROLE_TABLE)
+
+
+def role_of(name: str) -> Role:
+    """The role of the parameter called `name` (model.named_parameters()' name); an error for a name no row of
+    ROLE_TABLE matches."""
+    for pattern, role in _COMPILED:
+        if pattern.fullmatch(name):
+            return role
+    raise MegarankError(f"parameter '{name}' has no role: add a row for it to ROLE_TABLE in megarank/models/roles.py")
+
+
+def model_roles(model: nn.Module) -> dict[str, Role]:
+    """{name: role} of every parameter (a tied parameter once, under its first name), in model order."""
+    return {name: role_of(name) for name, _ in model.named_parameters()}
+
+
+def split_dim(tp_style: str) -> int | None:
+    """The dimension a TP style splits over ranks; None for 'replicated'."""
+    return {"column": 0, "vocab": 0, "row": 1}.get(tp_style)
+
+
+def attention_param_name(layer: int, role: str) -> str:
+    """The name megarank's GPT and ViT give layer `layer`'s attention projection `role` ('q', 'k', 'v', 'o')."""
+    return f"blocks.{layer}.attn.{role}_proj.weight"
+
+
+def tensor_records(model: nn.Module, tp_size: int = 1) -> dict[str, dict]:
+    """{name: {'role', 'decay_group', 'tp_style', 'shape'}} of every parameter, shape the global (TP=1) one, for
+    a checkpoint's marker: the offline tools read a checkpoint by these records, without the model."""
+    records = {}
+    for name, param in model.named_parameters():
+        role = role_of(name)
+        shape = list(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the shape aside of an empty tensor
+        dim = split_dim(role.tp_style)
+        if dim is not None:
+            shape[dim] *= tp_size
+        records[name] = {"role": role.name, "decay_group": role.decay_group, "tp_style": role.tp_style,
+                         "shape": shape}
+    return records
