@@ -2,8 +2,9 @@
 
 What is compared against what:
 - README.md's line count against its limit (a door to docs/, not the manual);
-- every relative link and image in README.md and docs/*.md against the files on disk, and every docs/ page
-  against the README's links (each page reachable from the front door);
+- every relative link and image in README.md and docs/*.md against the files on disk (and a link's #anchor
+  against the target page's headings), and every docs/ page against the README's links (each page reachable
+  from the front door);
 - the text of the project's own files (megarank/, configs/, tools/, tests/, docs/, README.md, Makefile)
   against a reference to the paper summary the project does not ship (the science is docs/paper.md);
 - docs/paper.md's headings against the sections the code cites;
@@ -54,10 +55,20 @@ def test_readme_fits_its_limit():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines (limit {README_MAX_LINES}): move detail to docs/"
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    headings = re.findall(r"^#+\s+(.*?)\s*$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_relative_link_points_to_a_file(page):
     broken = [t for t in relative_links(page) if not (page.parent / t.split("#")[0]).exists()]
     assert not broken, f"{page.relative_to(REPO)} links to files that do not exist: {broken}"
+    targets = [t.split("#", 1) for t in relative_links(page) if "#" in t and t.split("#")[0].endswith(".md")]
+    missing = [f"{path}#{anchor}" for path, anchor in targets if anchor not in anchors(page.parent / path)]
+    assert not missing, f"{page.relative_to(REPO)} links to headings that do not exist: {missing}"
 
 
 def test_every_docs_page_is_linked_from_the_readme():

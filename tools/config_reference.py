@@ -49,7 +49,8 @@ that TP does not divide) is a one-line `error: ...` with exit code 2 before anyt
 Parts: `configs/model/` (model shapes: `gpt_cpu_small`, `gpt2_medium`, `gpt_1p3b`, `vit_digits`, `vit_s16`,
 `vit_b16`), `configs/optim/paper.yaml` (the paper's AdamW settings: β=(0.9, 0.95), ε=1e-8, clip 1,
 lr 1e-6→1e-3 over 8000 steps then cosine to 10 %), `configs/data/` (`stdlib.yaml`, the embedded text corpus;
-`digits.yaml`, the embedded images), `configs/train/cpu.yaml`. Presets for 16×A100 are in
+`digits.yaml`, the embedded images), `configs/train/cpu.yaml`. `configs/default.yaml` is what `make pretrain`
+trains, `configs/vit_default.yaml` what `make pretrain-vit` trains. Presets for 16×A100 are in
 `configs/experiments/`, the paper's experiments in `configs/experiments/paper/` (see
 [experiments.md](experiments.md)).
 
