@@ -3,8 +3,8 @@
 What is compared against what:
 - README.md's line count against its limit (a door to docs/, not the manual);
 - every relative link and image in README.md and docs/*.md against the files on disk (and a link's #anchor
-  against the target page's headings), and every docs/ page against the README's links (each page reachable
-  from the front door);
+  against the target page's headings), every repository path a page names against the tree, and every docs/
+  page against the README's links (each page reachable from the front door);
 - the text of the project's own files (megarank/, configs/, tools/, tests/, docs/, README.md, Makefile)
   against a reference to the paper summary the project does not ship (the science is docs/paper.md);
 - docs/paper.md's headings against the sections the code cites;
@@ -34,6 +34,8 @@ SEARCHED = ("megarank", "configs", "tools", "tests", "docs", "README.md", "Makef
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".txt", ".toml", ".cfg", ".json", ""}
 # [text](target) and ![alt](target); a target ends at whitespace or ')' (a title after it is ignored)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)")
+# a path into the repository's own trees, as prose names it: megarank/analysis/spectra.py, configs/model/
+REPO_PATH = re.compile(r"(?<![\w./-])(?:megarank|configs|tools|tests|docs)/[\w.*<>/-]*")
 PAPER_SECTIONS = ("## The claim", "## Per-head products and how megarank measures them", "## Weight-decay groups",
                   "## Experiments", "### factorized (Fig 1)", "### icl (Fig 2)", "### lm-sweep (Table 1, Fig 3)",
                   "### pretrained (Fig 4)", "### scalar (Fig 5)", "### vit-sweep")
@@ -69,6 +71,15 @@ def test_every_relative_link_points_to_a_file(page):
     targets = [t.split("#", 1) for t in relative_links(page) if "#" in t and t.split("#")[0].endswith(".md")]
     missing = [f"{path}#{anchor}" for path, anchor in targets if anchor not in anchors(page.parent / path)]
     assert not missing, f"{page.relative_to(REPO)} links to headings that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_repository_path_a_page_names_exists(page):
+    """Paths in prose and code blocks too (`megarank/parallel/memory.py`), not only links: a moved module
+    must take its mentions along. Globs count when they match something; <placeholders> are skipped."""
+    named = {m.group(0).rstrip(".,;:") for m in REPO_PATH.finditer(page.read_text(encoding="utf-8"))}
+    missing = sorted(p for p in named if "<" not in p and not list(REPO.glob(p)))
+    assert not missing, f"{page.relative_to(REPO)} names paths the project lacks: {missing}"
 
 
 def test_every_docs_page_is_linked_from_the_readme():
