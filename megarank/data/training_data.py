@@ -65,7 +65,8 @@ class ImageData:
         return {}  # the sampler's num_sequences check is what guards an image resume
 
 
-def open_training_data(data: DataConfig, model: ModelConfig, *, seed: int, show_progress: bool) -> TextData | ImageData:
+def open_training_data(data: DataConfig, model: ModelConfig, *, seed: int,
+                       show_progress: bool) -> TextData | ImageData:
     """The data of model.family: token shards (GPT) or images (ViT)."""
     if model.family == "vit":
         return open_image_data(data, image_size=model.image_size, seed=seed)
@@ -100,5 +101,6 @@ def open_image_data(cfg: DataConfig, *, image_size: int, seed: int) -> ImageData
     splits = open_image_splits(cfg)
     train_tf, eval_tf = build_transforms(cfg, image_size, splits.in_channels)
     return ImageData(train=SeededTransform(splits.train, train_tf, seed),
-                     val=SeededTransform(splits.val, eval_tf, seed), sampler=ResumableSampler(len(splits.train), seed), n_classes=splits.n_classes,
-                     in_channels=splits.in_channels, source=splits.source, num_workers=cfg.num_workers)
+                     val=SeededTransform(splits.val, eval_tf, seed), sampler=ResumableSampler(len(splits.train), seed),
+                     n_classes=splits.n_classes, in_channels=splits.in_channels, source=splits.source,
+                     num_workers=cfg.num_workers)
