@@ -55,7 +55,7 @@ CKPT ?= runs/default
 OUT ?= $(CKPT)/rank
 RANK_ARGS ?=
 analyze: $(STAMP)
-	$(PY) tools/rank_analysis.py $(CKPT) --out $(OUT) $(RANK_ARGS)
+	$(VENV)/bin/megarank-rank $(CKPT) --out $(OUT) $(RANK_ARGS)
 
 # Attention kernels and training throughput on this machine's GPUs (or CPU), in one call.
 BENCH_ARGS ?=

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megarank.bench.memory import estimate_memory
 from megarank.config import load_config
 from megarank.errors import MegarankError
-from megarank.parallel.memory import estimate_memory
 
 
 def main(argv: list[str] | None = None) -> int:

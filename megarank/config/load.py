@@ -2,8 +2,8 @@
 
 An experiment file may start with a `defaults:` list of other YAML files (paths relative to that file); they
 are merged first, in order, then the file's own keys, then `key=value` overrides from the command line
-(OmegaConf dot-list). Everything lands on the dataclasses in schema.py, so a typo fails with the key's full
-name and the nearest valid key.
+(OmegaConf dot-list, parsed by parse_overrides). Everything lands on the dataclasses in schema.py, so a typo
+fails with the key's full name and the nearest valid key.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -31,10 +32,22 @@ def compose(path: str | Path, overrides: Sequence[str] = (), schema: type = Expe
     merged = OmegaConf.structured(schema)
     for part in read_with_defaults(Path(path), chain=()):
         merged = merge_checked(merged, part, schema)
-    for item in overrides:
-        if "=" not in item:
-            raise MegarankError(f"override '{item}' is not key=value; write e.g. train.max_steps=50")
-    return merge_checked(merged, OmegaConf.from_dotlist(list(overrides)), schema) if overrides else merged
+    return merge_checked(merged, parse_overrides(overrides), schema) if overrides else merged
+
+
+def parse_overrides(items: Sequence[str], example: str = "train.max_steps=50") -> DictConfig:
+    """Command-line `key=value` items as a DictConfig (dotted keys nest, values parse as YAML: `[0, 0.1]` is a
+    list), not yet checked against any schema: merge it with merge_checked. An item without '=' or with an
+    empty key, or a value that does not parse, is a MegarankError naming the item (`example` shows the form)."""
+    for item in items:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise MegarankError(f"override '{item}' is not key=value; write e.g. {example}")
+        try:
+            OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            raise MegarankError(f"override '{item}': {_first_line(err)}; write e.g. {example}") from None
+    return OmegaConf.from_dotlist(list(items))
 
 
 def to_object(cfg: DictConfig) -> ExperimentConfig:

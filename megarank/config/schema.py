@@ -2,7 +2,8 @@
 
 YAML files under configs/ are merged onto these classes by OmegaConf (see load.py), so an unknown key or a
 value of the wrong type fails before anything runs. Each dataclass checks what it can see alone in
-__post_init__; checks that span sections (and need the world size) live in validate.py.
+__post_init__. A run then fills what comes from its data (resolve.py), checks what spans sections at its world
+size (validate.py) and freezes the result (frozen.py): from there on nothing changes it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from megarank.config.frozen import Freezable
 from megarank.errors import MegarankError
 
 
@@ -19,7 +21,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Freezable):
     """The transformer: a decoder-only GPT or a ViT, both pre-LayerNorm on the same block."""
 
     family: str = "gpt"
@@ -60,8 +62,8 @@ class ModelConfig:
     """GPT: compute the LM head and the loss this many tokens at a time, recomputing each chunk in backward, so
     the full fp32 logits (micro_batch × seq_len × vocab) never exist at once (models/chunked_loss.py). 0: all
     at once, the default: the plain path stays bit for bit what it was, and small models, whose logits are
-    small, skip the recomputed head matmul (~1/3 more head FLOPs). 4096 at a 50k vocabulary holds 0.8 GB of
-    logits instead of 3.3 GB for 16k tokens."""
+    small, skip the recomputed head matmul (~1/3 more head FLOPs). With chunks of C tokens the fp32 logits take
+    4·C·vocab bytes instead of 4·(micro_batch·seq_len)·vocab."""
     attn_backend: str = "auto"
     """'auto' (flash_attn if installed and on GPU, else SDPA), 'flash', 'sdpa' or 'math'."""
     image_size: int = 224
@@ -111,7 +113,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Freezable):
     """Where the token shards come from."""
 
     path: Optional[str] = None
@@ -148,7 +150,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Freezable):
     """AdamW (or Adam + L2) with separate decay per parameter role, and the LR schedule."""
 
     lr: float = 1e-3
@@ -186,7 +188,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Freezable):
     """The loop: batch sizes, length, logging, evaluation, precision."""
 
     max_steps: int = 1000
@@ -227,8 +229,8 @@ class TrainConfig:
     Same losses and gradients as 'none', dropout included (both RNG streams are replayed)."""
     compile: bool = False
     """torch.compile every transformer block (fullgraph: a graph break is an error, and so is a recompilation
-    beyond the train and eval graphs). Off until measured on a GPU: on CPU it gave no speed-up at the default
-    size; nanoGPT reports ~1.8x on GPU."""
+    beyond the train and eval graphs). Off by default: whether it pays depends on the device and the model size
+    (measure with `make bench`)."""
     activation_checkpointing_every: int = 2
     """With 'selective': checkpoint blocks 0, k, 2k, ... (k = this). Recomputing only the attention core, the
     other selective mode Megatron has, would save nothing: flash/SDPA attention never stores the T×T scores."""
@@ -249,7 +251,7 @@ class TrainConfig:
 
 
 @dataclass
-class ZeroConfig:
+class ZeroConfig(Freezable):
     """DeepSpeed ZeRO sharding of optimizer state (1), gradients (2) and parameters (3)."""
 
     stage: int = 1
@@ -260,7 +262,7 @@ class ZeroConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Freezable):
     """Sharded DeepSpeed checkpoints."""
 
     every: int = 500
@@ -286,7 +288,7 @@ class CheckpointConfig:
 
 
 @dataclass
-class AnalysisConfig:
+class AnalysisConfig(Freezable):
     """Attention rank logged during training (the same metrics as megarank-rank, means per layer)."""
 
     every: int = 100
@@ -302,7 +304,7 @@ class AnalysisConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Freezable):
     """Process layout. The data-parallel size is world_size / tp."""
 
     tp: int = 1
@@ -319,7 +321,7 @@ class ParallelConfig:
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Freezable):
     """One experiment: every section, composed from configs/ parts and CLI overrides."""
 
     seed: int = 1234

@@ -1,4 +1,5 @@
-"""Checks that span config sections or need the process count; run before anything is built or written."""
+"""Checks that span config sections or need the process count: run once, on the resolved config (resolve.py),
+before anything is built or written."""
 
 from __future__ import annotations
 
@@ -32,5 +33,9 @@ def validate(cfg: ExperimentConfig, world_size: int) -> None:
                             "choose tp dividing the head count")
     if model.ffn_dim % tp:
         raise MegarankError(f"MLP width {model.ffn_dim} is not divisible by parallel.tp={tp}; set model.d_ff")
-    if cfg.model.position == "rotary" and model.d_head % 2:
+    if model.position == "rotary" and model.d_head % 2:
         raise MegarankError(f"rotary positions need an even head dim, got {model.d_head}; change n_heads")
+    # the vocabulary is known once resolve() has read the data (or when the config sets it)
+    if model.family == "gpt" and model.vocab_size is not None and model.vocab_size % tp:
+        raise MegarankError(f"model.vocab_size={model.vocab_size} is not divisible by parallel.tp={tp}; "
+                            "make model.vocab_multiple a multiple of tp")

@@ -3,7 +3,8 @@
 Divergence: a non-finite loss or gradient norm stops the run before that step is saved, so `latest` keeps
 naming the checkpoint saved before it. DeepSpeed's ZeRO and bf16 optimizers skip a step whose gradient norm
 is inf/nan and carry on (there is no loss scale in fp32 or bf16 to lower, so the next step usually overflows
-again): left alone, such a run burns its whole allocation and checkpoints weights that no longer train.
+again): left alone, such a run burns its whole allocation and checkpoints weights that no longer train. Each
+rank's finding travels in the step's one all-reduce (train/step_sync.py), so every rank stops at the same step.
 
 Loss spike: a finite loss above spike_factor times the mean of the last spike_window losses is worth a
 warning, not a stop: the run may recover, and if it does not, the divergence check stops it; the warnings
@@ -15,24 +16,11 @@ from __future__ import annotations
 import math
 from collections import deque
 
-import torch
-import torch.distributed as dist
-
 from megarank.errors import CollectiveError
 
 
 class TrainingDiverged(CollectiveError):
     """A step's loss or gradient norm was not finite; raised on every rank at the same step."""
-
-
-def step_diverged(loss: float, grad_norm: float, device: torch.device) -> bool:
-    """Collective over all ranks: True everywhere if any rank saw a non-finite loss or gradient norm.
-
-    Both are global already (the loss is all-reduced over data-parallel ranks, the norm over every rank), so
-    the ranks agree anyway; the all-reduce makes sure of it, so no rank trains on while another stops."""
-    flag = torch.tensor([0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def divergence_error(step: int, loss: float, grad_norm: float, last_saved_tag: str | None) -> TrainingDiverged:

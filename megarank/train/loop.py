@@ -1,10 +1,14 @@
-"""The training run, top to bottom: check config -> process group -> task (data + model family) -> resume
-checks -> model -> tensor parallelism -> DeepSpeed engine -> resume -> steps (divergence guard, log, loss
-spikes, validate, attention rank and group weight norms, checkpoint, preemption) -> final checkpoint.
+"""The training run: setup(), then for each step train_step() -> log, loss-spike watch -> validation ->
+attention rank and group weight norms -> checkpoint, until max_steps, a divergence (stops before saving) or a
+preemption (stops after saving).
 
-Everything that can reject the user's input runs before the run directory is touched. The data position is
-the number of samples consumed (saved in the checkpoint), not step × global_batch, so a resume with another
-train.global_batch continues exactly where the data stopped.
+setup() runs, in order: open the data -> resolve the config against it, freeze it and validate it at this
+world size -> resume checks -> process layout -> task -> model -> parallelize (TP, activation checkpointing,
+compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
+directory is touched, and on every rank at once (train/failures.py).
+
+The data position is the number of samples consumed (saved in the checkpoint), not step × global_batch, so a
+resume with another train.global_batch continues exactly where the data stopped.
 """
 
 from __future__ import annotations
@@ -12,69 +16,157 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from megarank.config import ExperimentConfig, gradient_accumulation_steps, to_yaml, validate
+from megarank.config import (ExperimentConfig, data_parallel_size, frozen, gradient_accumulation_steps, resolve,
+                             to_yaml, validate)
+from megarank.data.training_data import open_training_data
 from megarank.optim.schedule import follow_configured_peak
-from megarank.parallel.activation_checkpointing import apply_activation_checkpointing
-from megarank.parallel.compile import compile_blocks
-from megarank.parallel.layout import DeepSpeedMPU, build_layout
-from megarank.parallel.tensor_parallel import parallelize
+from megarank.parallel.layout import DeepSpeedMPU, ParallelLayout, build_layout
+from megarank.parallel.parallelize import parallelize
+from megarank.parallel.random import TPRandomState
 from megarank.train import checkpoint
-from megarank.train.tasks import build_task
 from megarank.train.distributed import World, init_distributed
-from megarank.train.divergence import LossSpikeDetector, divergence_error, step_diverged
-from megarank.train.failures import setup_checked_on_every_rank
+from megarank.train.divergence import LossSpikeDetector, divergence_error
 from megarank.train.engine import build_engine, deepspeed_config
+from megarank.train.failures import setup_checked_on_every_rank
 from megarank.train.grad_norm import engine_reports_grad_norm, gradient_norm
 from megarank.train.metrics import MetricsLogger
 from megarank.train.preemption import PreemptionHandler
 from megarank.train.rank_logging import attention_rank_record
 from megarank.train.resume_checks import check_resume
+from megarank.train.step_sync import agree_on_step
+from megarank.train.tasks import Batch, Task, task_for
 from megarank.train.throughput import mfu
 from megarank.train.weight_norms import weight_norm_record
 
 log = logging.getLogger("megarank")
 
 
+@dataclass
+class Run:
+    """What setup() built, for the steps to use."""
+
+    cfg: ExperimentConfig
+    """Resolved against the data, validated and frozen."""
+    world: World
+    layout: ParallelLayout
+    task: Task
+    engine: Any
+    """The DeepSpeed engine around the parallelized model."""
+    tp_rng: TPRandomState
+    grad_accum: int
+    own_grad_norm: bool
+    """ZeRO-0 in fp32: DeepSpeed keeps no gradient norm, the step computes it (train/grad_norm.py)."""
+    resumed_from: Path | None
+    step: int
+    """Optimizer steps done before this attempt (the resumed checkpoint's, or 0)."""
+    consumed_samples: int
+    """Sampler positions consumed before this attempt."""
+    meta: dict
+    """What every checkpoint's completion marker records besides the step: layout, config, data identity."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Mean over the global batch."""
+    grad_norm: float
+    lr: float
+    """The rate this step used."""
+    seconds: float
+    diverged: bool
+    stop: bool
+
+
 def train(cfg: ExperimentConfig) -> dict:
     """Run (or resume) the experiment; returns the last logged record."""
     world = init_distributed(cfg.parallel.timeout_minutes)
+    run = setup(cfg, world)
+    cfg, task = run.cfg, run.task
+    step, consumed_samples, last_saved = run.step, run.consumed_samples, run.step if run.resumed_from else None
+    metrics = MetricsLogger(Path(cfg.train.run_dir), enabled=world.is_main, start_step=step)
+    preemption = PreemptionHandler()
+    spikes = LossSpikeDetector(cfg.train.spike_factor, cfg.train.spike_window)
+    client_extra = checkpoint.universal_checkpoint_info(run.engine.module, cfg.model.vocab_size)
+    last: dict = {}
+    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not (world.is_main and cfg.train.progress),
+               desc="train", dynamic_ncols=True)
+    batches = task.train_batches(consumed_samples)
+    try:
+        while step < cfg.train.max_steps:
+            result = train_step(run, batches, preemption)
+            step += 1
+            consumed_samples += cfg.train.global_batch
+            final = step == cfg.train.max_steps
+
+            # every step, not only logged ones: a diverged step must never reach the checkpoint below
+            if result.diverged or step % cfg.train.log_every == 0 or final:
+                last = step_record(run, result, step, consumed_samples)
+                metrics.log(last)
+                bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
+            if result.diverged:
+                raise divergence_error(step, result.loss, result.grad_norm,
+                                       checkpoint.tag_for(last_saved) if last_saved is not None else None)
+            _watch_for_spike(spikes, result.loss, step, metrics, cfg, world)
+            bar.update(1)
+
+            if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or final):
+                run.engine.eval()
+                record = task.evaluate(run.engine)
+                run.engine.train()
+                if record:
+                    metrics.log({"step": step, **record})
+                    last = {**last, **record}
+            if cfg.analysis.every and (step % cfg.analysis.every == 0 or final):
+                record = analysis_record(run)
+                metrics.log({"step": step, **record})
+                last = {**last, **record}
+            periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0
+            if (periodic or result.stop or final) and last_saved != step:
+                client = {"megarank": {"step": step, "sampler": task.sampler.state_dict(consumed_samples)},
+                          **client_extra}
+                checkpoint.save_checkpoint(run.engine, Path(cfg.checkpoint.dir), step, client, run.meta, run.tp_rng,
+                                           retention=cfg.checkpoint)
+                last_saved = step
+            if result.stop:
+                if world.is_main:
+                    log.warning("preempted: saved step %d, exiting", step)
+                break
+    finally:  # a diverged run still flushes its records, the diverged step's included, to TensorBoard
+        bar.close()
+        metrics.close()
+    return last
+
+
+def setup(cfg: ExperimentConfig, world: World) -> Run:
+    """Everything before the first step; see the module docstring for the order."""
     # a bad path on any one rank (data or checkpoint missing on one node) stops every rank here, not in a collective
     with setup_checked_on_every_rank():
+        data = open_training_data(cfg.data, cfg.model, seed=cfg.seed, show_progress=world.is_main)
+        cfg = frozen(resolve(cfg, data.info))  # from here on nothing changes the config
         validate(cfg, world.world_size)
-        layout = build_layout(cfg.parallel.tp)  # collective, but every rank gets here: validate reads only the config
         grad_accum = gradient_accumulation_steps(cfg, world.world_size)
-        run_dir, ckpt_dir = Path(cfg.train.run_dir), Path(cfg.checkpoint.dir)
-        resume_from = checkpoint.resolve_resume(cfg.train.resume, ckpt_dir)
-        universal = resume_from is not None and checkpoint.needs_universal(resume_from, layout.tp_size,
-                                                                           layout.dp_size, cfg.zero.stage)
-
-        task = build_task(cfg, layout, world.device, is_main=world.is_main)
+        resume_from = checkpoint.resolve_resume(cfg.train.resume, Path(cfg.checkpoint.dir))
+        universal = resume_from is not None and checkpoint.needs_universal(
+            resume_from, cfg.parallel.tp, data_parallel_size(cfg, world.world_size), cfg.zero.stage)
         if resume_from is not None:
-            check_resume(resume_from, cfg, task.data_identity)
+            check_resume(resume_from, cfg, data.identity)
+    layout = build_layout(cfg.parallel.tp)  # collective: every rank passed the checks above
+    task = task_for(data, cfg.model, cfg.train, layout, world.device)
 
     torch.manual_seed(cfg.seed)  # same full init on every rank; TP ranks then keep their slices
     model = task.build_model()
-    tp_rng = parallelize(model, layout, seed=cfg.seed, device=world.device)
-    recomputed = apply_activation_checkpointing(model, cfg.train.activation_checkpointing,
-                                                cfg.train.activation_checkpointing_every, tp_rng)
-    if recomputed and world.is_main:
-        log.info("activation checkpointing (%s): blocks %s recompute their forward in backward",
-                 cfg.train.activation_checkpointing, ", ".join(map(str, recomputed)))
-    if cfg.train.compile:
-        compiled = compile_blocks(model, cfg.zero.stage)
-        if world.is_main:
-            log.info("torch.compile: %d blocks (compiled at their first step)", compiled)
+    tp_rng = parallelize(model, layout, cfg.train, cfg.zero.stage, seed=cfg.seed, device=world.device)
     model.to(world.device)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
                                        mpu=DeepSpeedMPU(layout), load_universal=universal)
-    own_grad_norm = not engine_reports_grad_norm(engine)
 
     step, consumed_samples = 0, 0
     if resume_from is not None:
@@ -83,103 +175,73 @@ def train(cfg: ExperimentConfig) -> dict:
         consumed_samples = task.sampler.check_state(state["sampler"])
         follow_configured_peak(engine.lr_scheduler, cfg.optim)  # a lowered optim.lr applies from here on
     if world.is_main:
-        _write_run_files(run_dir, cfg, grad_accum, world)
+        _write_run_files(Path(cfg.train.run_dir), cfg, grad_accum, world)
         log.info("data: %s", task.description)
         log.info("model: %.2fM parameters%s; weight-decay groups:\n%s", n_params / 1e6,
                  " per TP rank" if layout.tp_size > 1 else "", group_table)
         if resume_from is not None:
             log.info("resumed from %s at step %d, %d samples consumed%s", resume_from, step, consumed_samples,
                      " (re-sharded through a universal checkpoint)" if universal else "")
-
-    metrics = MetricsLogger(run_dir, enabled=world.is_main, start_step=step)
-    preemption = PreemptionHandler()
-    spikes = LossSpikeDetector(cfg.train.spike_factor, cfg.train.spike_window)
-    items_per_step = cfg.train.global_batch * task.items_per_sample
-    throughput_key = "tokens_per_s" if task.items_per_sample > 1 else "samples_per_s"
-    universal_info = checkpoint.universal_checkpoint_info(engine.module, cfg.model.vocab_size)
     meta = {"layout": layout.describe(), "zero_stage": cfg.zero.stage, "config": to_yaml(cfg),
-            "data": task.data_identity}
-    last: dict = {}
-    last_saved = step if resume_from is not None else None
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not (world.is_main and cfg.train.progress),
-               desc="train", dynamic_ncols=True)
-    batches = task.train_batches(consumed_samples)
-    try:
-        while step < cfg.train.max_steps:
-            t0 = time.perf_counter()
-            lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside engine.step()
-            loss_sum = torch.zeros((), device=world.device)
-            for micro_step in range(grad_accum):
-                x, y = next(batches)
-                loss = engine(x, y)
-                engine.backward(loss)
-                if own_grad_norm and micro_step == grad_accum - 1:  # ZeRO-0: engine.step() frees the gradients
-                    grad_norm = gradient_norm(engine.module, layout)
-                engine.step()
-                loss_sum += loss.detach().float()
-            # mean over the whole global batch: accumulation steps here, data-parallel ranks by all-reduce
-            dist.all_reduce(loss_sum, group=layout.dp_group)
-            if not own_grad_norm:
-                grad_norm = _as_float(engine.get_global_grad_norm())
-            step += 1
-            consumed_samples += cfg.train.global_batch
-            loss_value = loss_sum.item() / (grad_accum * layout.dp_size)
-            # every step, not only logged ones: a diverged step must never reach the checkpoint below
-            diverged = step_diverged(loss_value, grad_norm, world.device)
-            if diverged or step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                seconds = time.perf_counter() - t0
-                last = {"step": step, "consumed_samples": consumed_samples, "loss": loss_value, "lr": lr,
-                        "grad_norm": grad_norm, throughput_key: items_per_step / seconds, "step_time_s": seconds}
-                if world.device.type == "cuda":
-                    last["mfu"] = mfu(task.flops_per_item * items_per_step / seconds / world.world_size,
-                                      world.device)
-                    last["peak_mem_gb"] = torch.cuda.max_memory_allocated(world.device) / 2**30
-                metrics.log(last)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{last['lr']:.2e}")
-            if diverged:
-                raise divergence_error(step, loss_value, grad_norm,
-                                       checkpoint.tag_for(last_saved) if last_saved is not None else None)
-            running_mean = spikes.check(loss_value)
-            if running_mean is not None:
-                metrics.log({"step": step, "warning": "loss_spike", "spike_loss": loss_value,
-                             "spike_running_mean": running_mean})
-                if world.is_main:
-                    log.warning("step %d: loss spike, %.4g is over %g × the mean of the last %d steps (%.4g); "
-                                "training on", step, loss_value, cfg.train.spike_factor, cfg.train.spike_window,
-                                running_mean)
-            bar.update(1)
+            "data": data.identity}
+    return Run(cfg=cfg, world=world, layout=layout, task=task, engine=engine, tp_rng=tp_rng, grad_accum=grad_accum,
+               own_grad_norm=not engine_reports_grad_norm(engine), resumed_from=resume_from, step=step,
+               consumed_samples=consumed_samples, meta=meta)
 
-            if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
-                engine.eval()
-                record = task.evaluate(engine)
-                engine.train()
-                if record:
-                    metrics.log({"step": step, **record})
-                    last = {**last, **record}
-            if cfg.analysis.every and (step % cfg.analysis.every == 0 or step == cfg.train.max_steps):
-                partitioned = cfg.zero.stage == 3
-                record = attention_rank_record(engine.module, cfg.analysis, n_heads=cfg.model.n_heads,
-                                               partitioned=partitioned, layout=layout, device=world.device)
-                record |= weight_norm_record(engine.module, cfg.optim, partitioned=partitioned, layout=layout,
-                                             device=world.device)
-                metrics.log({"step": step, **record})
-                last = {**last, **record}
-            stop = preemption.should_stop(world.device)
-            periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0
-            if periodic or stop or step == cfg.train.max_steps:
-                client = {"megarank": {"step": step, "sampler": task.sampler.state_dict(consumed_samples)},
-                          **universal_info}
-                if last_saved != step:
-                    checkpoint.save_checkpoint(engine, ckpt_dir, step, client, meta, tp_rng, retention=cfg.checkpoint)
-                    last_saved = step
-            if stop:
-                if world.is_main:
-                    log.warning("preempted: saved step %d, exiting", step)
-                break
-    finally:  # a diverged run still flushes its records, the diverged step's included, to TensorBoard
-        bar.close()
-        metrics.close()
-    return last
+
+def train_step(run: Run, batches: Iterator[Batch], preemption: PreemptionHandler) -> StepResult:
+    """One optimizer step over the global batch, then the step's one all-reduce (train/step_sync.py), after
+    which every rank knows the loss, whether the step diverged and whether any rank was asked to stop."""
+    engine, start = run.engine, time.perf_counter()
+    lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside engine.step()
+    loss_sum = torch.zeros((), device=run.world.device)
+    for micro_step in range(run.grad_accum):
+        x, y = next(batches)
+        loss = engine(x, y)
+        engine.backward(loss)
+        if run.own_grad_norm and micro_step == run.grad_accum - 1:  # ZeRO-0: engine.step() frees the gradients
+            grad_norm = gradient_norm(engine.module, run.layout)
+        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        loss_sum += loss.detach().float()
+    if not run.own_grad_norm:
+        grad_norm = _as_float(engine.get_global_grad_norm())
+    # mean over the whole global batch: accumulation steps here, data-parallel ranks in the one all-reduce
+    agreed = agree_on_step(loss_sum, grad_norm, preemption.requested, layout=run.layout, grad_accum=run.grad_accum)
+    return StepResult(loss=agreed.loss, grad_norm=grad_norm, lr=lr, seconds=time.perf_counter() - start,
+                      diverged=agreed.diverged, stop=agreed.stop)
+
+
+def step_record(run: Run, result: StepResult, step: int, consumed_samples: int) -> dict:
+    """The metrics.jsonl record of a training step."""
+    items = run.cfg.train.global_batch * run.task.items_per_sample
+    throughput_key = "tokens_per_s" if run.task.items_per_sample > 1 else "samples_per_s"
+    record = {"step": step, "consumed_samples": consumed_samples, "loss": result.loss, "lr": result.lr,
+              "grad_norm": result.grad_norm, throughput_key: items / result.seconds, "step_time_s": result.seconds}
+    device = run.world.device
+    if device.type == "cuda":
+        record["mfu"] = mfu(run.task.flops_per_item * items / result.seconds / run.world.world_size, device)
+        record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return record
+
+
+def analysis_record(run: Run) -> dict:
+    """Mean attention rank per layer and the weight norm of each decay group (a collective)."""
+    cfg, partitioned = run.cfg, run.cfg.zero.stage == 3
+    record = attention_rank_record(run.engine.module, cfg.analysis, n_heads=cfg.model.n_heads,
+                                   partitioned=partitioned, layout=run.layout, device=run.world.device)
+    return record | weight_norm_record(run.engine.module, cfg.optim, partitioned=partitioned, layout=run.layout,
+                                       device=run.world.device)
+
+
+def _watch_for_spike(spikes: LossSpikeDetector, loss: float, step: int, metrics: MetricsLogger,
+                     cfg: ExperimentConfig, world: World) -> None:
+    running_mean = spikes.check(loss)
+    if running_mean is None:
+        return
+    metrics.log({"step": step, "warning": "loss_spike", "spike_loss": loss, "spike_running_mean": running_mean})
+    if world.is_main:
+        log.warning("step %d: loss spike, %.4g is over %g × the mean of the last %d steps (%.4g); training on",
+                    step, loss, cfg.train.spike_factor, cfg.train.spike_window, running_mean)
 
 
 def _write_run_files(run_dir: Path, cfg: ExperimentConfig, grad_accum: int, world: World) -> None:
@@ -193,4 +255,3 @@ def _as_float(value) -> float:
     if value is None:
         return float("nan")
     return float(value.item() if torch.is_tensor(value) else value)
-

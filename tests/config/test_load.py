@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from megarank.config import gradient_accumulation_steps, load_config, to_yaml, validate
+from megarank.config import gradient_accumulation_steps, load_config, parse_overrides, to_yaml, validate
 from megarank.config.load import valid_keys
 from megarank.config.schema import ExperimentConfig
 from megarank.errors import MegarankError
@@ -49,6 +49,24 @@ def test_default_config_loads():
 def test_errors_name_the_key(override, message):
     with pytest.raises(MegarankError) as err:
         load_config("configs/default.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_overrides_parse_to_nested_yaml_values():
+    parsed = parse_overrides(["optim.wd_attn=0", "train.run_dir=/r", "grid.axes=[0, 0.1]", "model.bias=true"])
+    assert OmegaConf.to_container(parsed) == {"optim": {"wd_attn": 0}, "train": {"run_dir": "/r"},
+                                              "grid": {"axes": [0, 0.1]}, "model": {"bias": True}}
+    assert OmegaConf.to_container(parse_overrides([])) == {}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.max_steps", "override 'train.max_steps' is not key=value; write e.g. train.max_steps=50"),
+    ("=3", "override '=3' is not key=value"),
+    ("grid.axes=[0, 1", "override 'grid.axes=[0, 1': while parsing a flow sequence"),
+])
+def test_bad_overrides_are_one_line_errors(item, message):
+    with pytest.raises(MegarankError) as err:
+        parse_overrides(["seed=1", item])
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

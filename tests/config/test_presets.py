@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from megarank.bench.memory import estimate_memory
 from megarank.config import load_config, validate
-from megarank.parallel.memory import estimate_memory
 from tests.helpers import REPO
 
 PRESETS = [*sorted((REPO / "configs").glob("*.yaml")), *sorted((REPO / "configs/experiments").glob("*.yaml"))]

@@ -45,22 +45,22 @@ def test_seeds_and_epochs_give_different_orders():
     assert not np.array_equal(a.indices(0, N), a.indices(N, N))
 
 
-def test_no_shuffle_is_the_identity_order():
-    drawn = ResumableSampler(N, SEED, shuffle=False).indices(3, 2 * N)
-    np.testing.assert_array_equal(drawn, np.arange(3, 3 + 2 * N) % N)
-
-
 def test_state_round_trip_returns_consumed_samples():
     sampler = ResumableSampler(N, SEED)
     state = sampler.state_dict(consumed_samples=37)
-    assert state == {"consumed_samples": 37, "seed": SEED, "num_sequences": N, "shuffle": True}
+    assert state == {"consumed_samples": 37, "seed": SEED, "num_sequences": N}
     assert ResumableSampler(N, SEED).check_state(state) == 37
+
+
+def test_state_saved_with_the_old_shuffle_key_still_resumes():
+    """Checkpoints written before the shuffle switch went record shuffle: true beside the rest."""
+    saved = {"consumed_samples": 37, "seed": SEED, "num_sequences": N, "shuffle": True}
+    assert ResumableSampler(N, SEED).check_state(saved) == 37
 
 
 @pytest.mark.parametrize(
     ("changed", "field"),
-    [(ResumableSampler(N, SEED + 1), "seed"), (ResumableSampler(N + 1, SEED), "num_sequences"),
-     (ResumableSampler(N, SEED, shuffle=False), "shuffle")],
+    [(ResumableSampler(N, SEED + 1), "seed"), (ResumableSampler(N + 1, SEED), "num_sequences")],
 )
 def test_changed_data_is_refused_on_resume(changed, field):
     state = ResumableSampler(N, SEED).state_dict(consumed_samples=5)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from megarank.config import load_config
 from megarank.models.gpt import GPT
 from megarank.models.vit import ViT
+from megarank.data.batches import validation_shard
 from megarank.parallel.layout import ParallelLayout
-from megarank.train.batches import validation_shard
-from megarank.train.tasks import ImageTask, TextTask
+from megarank.train.tasks import build_task
 from tests.helpers import TINY, VIT_TINY
 
 
@@ -41,10 +41,10 @@ def text_setup(tiny_corpus):
     # 10 sequences (eval_batches × global_batch) in micro batches of 3: uneven shares at dp 3 and 4
     cfg = load_config("configs/default.yaml", [*TINY, f"data.path={tiny_corpus}", "train.eval_batches=1",
                                                "train.global_batch=10", "train.micro_batch=3"])
-    tasks = {dp: [TextTask(cfg, dp_slot(r, dp), torch.device("cpu"), show_progress=False) for r in range(dp)]
+    tasks = {dp: [build_task(cfg, dp_slot(r, dp), torch.device("cpu"), is_main=False) for r in range(dp)]
              for dp in (1, 2, 3, 4)}
     torch.manual_seed(0)
-    model = GPT(cfg.model).eval()
+    model = GPT(tasks[1][0].model_cfg).eval()
     x, y = tasks[1][0].data.val.batch(range(10))
     with torch.no_grad():
         logits = model(x)
@@ -64,15 +64,16 @@ def test_text_validation_sums_match_the_whole_set(text_setup, dp_size):
 def test_image_validation_sums_match_the_whole_split(dp_size):
     # eval_batches × global_batch = 400 is more than the 360 digits in the validation split: all of them
     cfg = load_config("configs/vit_default.yaml", [*VIT_TINY, "train.eval_batches=25", "train.micro_batch=64"])
-    tasks = [ImageTask(cfg, dp_slot(r, dp_size), torch.device("cpu")) for r in range(dp_size)]
+    tasks = [build_task(cfg, dp_slot(r, dp_size), torch.device("cpu"), is_main=False) for r in range(dp_size)]
     torch.manual_seed(0)
-    model = ViT(cfg.model).eval()
-    images = torch.stack([tasks[0].val_set[(i, i)][0] for i in range(360)])
-    labels = torch.tensor([tasks[0].val_set[(i, i)][1] for i in range(360)])
+    model = ViT(tasks[0].model_cfg).eval()
+    val_set = tasks[0].data.val
+    images = torch.stack([val_set[(i, i)][0] for i in range(360)])
+    labels = torch.tensor([val_set[(i, i)][1] for i in range(360)])
     with torch.no_grad():
         logits = model(images)
     loss_sum, correct, count = sum(task.validation_sums(model) for task in tasks).tolist()
-    assert count == len(tasks[0].val_set) == 360
+    assert count == len(val_set) == 360
     assert correct == (logits.argmax(-1) == labels).sum().item()
     assert loss_sum == pytest.approx(F.cross_entropy(logits, labels, reduction="sum").item(), rel=1e-6)
 
@@ -81,6 +82,6 @@ def val_loss_in_one_process(run_dir) -> float:
     """The validation loss of a GPT run's last checkpoint, merged to TP=1 and evaluated here on one rank."""
     from megarank.evaluation.load import load_gpt
 
-    task = TextTask(load_config(run_dir / "config.yaml"), dp_slot(0, 1), torch.device("cpu"), show_progress=False)
+    task = build_task(load_config(run_dir / "config.yaml"), dp_slot(0, 1), torch.device("cpu"), is_main=False)
     loss_sum, tokens = task.validation_sums(load_gpt(run_dir).model).tolist()
     return loss_sum / tokens

@@ -1,4 +1,5 @@
-"""Expected GPU memory per rank for a config and layout: the formula the README quotes, as code.
+"""Expected GPU memory per rank for a config and layout: the formula the docs quote, as code (an estimate
+for planning a run, tools/memory_estimate.py; nothing in training depends on it).
 
 Model states (ZeRO paper, Rajbhandari et al. 2020), Ψ = parameters held by one TP rank:
     bf16 mixed precision: 2 B weights + 2 B grads + K = 12 B optimizer (fp32 master, Adam m, v)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from megarank.bench.memory import estimate_memory
 from megarank.config import load_config
-from megarank.parallel.memory import estimate_memory
 
 GB = 1024**3
 
