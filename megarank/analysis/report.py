@@ -5,20 +5,19 @@ before 'ov'), with the columns of COLUMNS (definitions in megarank/analysis/spec
 holds arrays 'qk' and 'ov' of shape (n_layers, n_heads, d_head), each head's σ in descending order.
 
 No partial result is ever presented as complete: the whole analysis runs before the first file is written;
-each file is written under a temp name in the output directory and renamed into place, so no reader sees half
-a file; summary.json is removed first and written last, listing the other files, so a directory without it
-holds no finished result (a crash between two renames leaves no summary).
+each file is written under a temp name in the output directory and renamed into place (megarank/files.py), so
+no reader sees half a file; summary.json is removed first and written last, listing the other files, so a
+directory without it holds no finished result (a crash between two renames leaves no summary).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from megarank import __version__
 from megarank.analysis.readers import ModelInfo, WeightSource
 from megarank.analysis.spectra import METRICS, PRODUCTS, head_metrics, layer_spectra
 from megarank.errors import MegarankError
+from megarank.files import atomic_write  # analysis/compare.py and evaluation/cli.py import it from here too
 
 COLUMNS = ("layer", "head", "product", *METRICS)
 _INTEGER = ("rank", "rank_atol")
@@ -162,17 +162,6 @@ def analyse(source: WeightSource, *, rtol: float, atol: float, dtype: torch.dtyp
     settings = {"rtol": rtol, "atol": atol, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
                 "qr": qr, "method": "thin QR of both d_model x d_head factors, SVD of the d_head x d_head core"}
     return RankTable(info=info, settings=settings, metrics=metrics, sv=sv, seconds=time.perf_counter() - start)
-
-
-def atomic_write(path: Path, write: Callable, *, binary: bool = False) -> None:
-    """write(file) into a temp file next to `path`, then rename it over `path`; nothing is left on failure."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:

@@ -234,7 +234,7 @@ def run(cfg: Config, *, progress: bool = False) -> Result:
                       _rate_figure(table_rows))]
     table = Table("factorized", tuple(table_rows[0]), table_rows,
                   caption="per λ: balancing rate, gap, and final singular values against the closed form")
-    return Result(experiment="factorized", title=TITLE, checks=checks, discussion=_discussion(cfg, table_rows),
+    return Result(experiment="factorized", title=TITLE, checks=checks,
                   summary={"rows": rows}, figures=figures, tables=[table])
 
 
@@ -283,56 +283,6 @@ def _checks(cfg: Config, rows: list[dict]) -> list[Check]:
         f"largest |L_L2(A, B) − min L_*| {max(errors):.1e} at λ={rows[int(np.argmax(errors))]['lambda']:g} "
         f"(tolerance {cfg.objective_atol:g})"))
     return checks
-
-
-def _discussion(cfg: Config, rows: list[dict]) -> str:
-    positive = [r for r in rows if r["lambda"] > 0]
-    parts = []
-    if positive:
-        ratios = np.array([r["rate_ratio"] for r in positive])
-        one_step = np.array([r["one_step_rate"] / r["predicted_rate"] for r in positive])
-        within = bool(np.all(np.abs(ratios - 1) <= cfg.rate_rtol))
-        parts.append(
-            f"For every λ > 0 the imbalance ‖AᵀA − BᵀB‖ decays exponentially at "
-            f"{np.nanmin(ratios):.3f}–{np.nanmax(ratios):.3f} times the gradient-flow rate 2·lr·λ (lr = {cfg.lr:g}"
-            f"{'' if within else f'; outside the ±{cfg.rate_rtol:g} tolerance'}). The discrete step accounts for "
-            f"the excess: one step multiplies the imbalance by about 1 − 2·lr·λ, a rate −log(1 − 2·lr·λ) = "
-            f"{np.nanmin(one_step):.3f}–{np.nanmax(one_step):.3f} × 2·lr·λ, and near the minimum the O(lr²) "
-            f"terms pull it back towards 2·lr·λ.")
-        largest_gap = max(r["gap_end"] for r in positive)
-        parts.append(
-            f"The gap (‖A‖²+‖B‖²)/2 − ‖ABᵀ‖_* follows it down to at most {largest_gap:.1e}"
-            + (", so L2 on the factors has become the nuclear norm on the product, as the paper says."
-               if largest_gap < cfg.gap_atol else f", not below gap_atol = {cfg.gap_atol:g}: the factors have not "
-               f"fully balanced in {cfg.steps} steps."))
-    zero = [r for r in rows if r["lambda"] == 0]
-    if zero:
-        r0 = zero[0]
-        kept = r0["imbalance_end"] > 0.5 * r0["imbalance_start"]
-        parts.append(f"{'Without decay nothing balances' if kept else 'Even without decay the imbalance fell'}: at "
-                     f"λ = 0 it goes {r0['imbalance_start']:.3f} -> {r0['imbalance_end']:.3f} and the gap ends at "
-                     f"{r0['gap_end']:.3f}.")
-    worst = max(rows, key=lambda r: r["sv_error"])
-    prox_worst = max(r["prox_error"] for r in rows)
-    parts.append(
-        f"The final singular values of ABᵀ "
-        + ("fall linearly in λ and vanish at λ = 2σ_i(D), matching" if worst["sv_error"] <= cfg.sv_atol
-           else f"do not all reach (sv_atol = {cfg.sv_atol:g} after {cfg.steps} steps)")
-        + f" the closed form soft-threshold(σ(D), λ/2): largest error {worst['sv_error']:.1e}, at λ = "
-        f"{worst['lambda']:g}. Proximal gradient on W lands on it within {prox_worst:.1e}"
-        + ("." if prox_worst <= cfg.prox_atol else f", above prox_atol = {cfg.prox_atol:g}."))
-    sigma = np.abs(np.asarray(cfg.diag, dtype=np.float64))
-    is_marginal = [bool(np.any(np.isclose(r["lambda"], 2 * sigma))) for r in rows]
-    if any(is_marginal):
-        marginal = max((r for r, m in zip(rows, is_marginal) if m), key=lambda r: r["sv_error"])
-        rest = [r["sv_error"] for r, m in zip(rows, is_marginal) if not m]
-        parts.append(
-            f"At λ = 2σ_i(D) the vanishing singular value has no linear restoring force and decays only as "
-            f"s₀/(1 + 4·s₀·lr·t) <= 1/(4·lr·t) = {1 / (4 * cfg.lr * cfg.steps):.1e} after {cfg.steps} steps "
-            f"(measured error up to {marginal['sv_error']:.1e}, at λ = {marginal['lambda']:g})"
-            + (f"; at the other λ the error is at most {max(rest):.1e}." if rest else "."))
-    parts.append("Note the constant: the paper's loss ‖ABᵀ − D‖² has no ½, so the threshold is λ/2, not λ.")
-    return " ".join(parts)
 
 
 def _figure(cfg: Config, target: np.ndarray, factor_runs: list[FactorRun], prox_runs: list[ProxRun]) -> MplFigure:

@@ -1,6 +1,7 @@
-"""lm-sweep — PAPER.md Fig 3 (left) and Table 1: the GPT trained over a grid of optim.wd_attn × optim.wd_mlp ×
-seeds; per cell the per-head rank of W_QᵀW_K and W_O W_V of the final checkpoint, validation perplexity (the
-run's last validation record) and perplexity over every token of a held-out split (megarank-eval).
+"""lm-sweep — Fig 3 (left) and Table 1 (docs/paper.md, "### lm-sweep (Table 1, Fig 3)"): the GPT trained over a
+grid of optim.wd_attn × optim.wd_mlp × seeds; per cell the per-head rank of W_QᵀW_K and W_O W_V of the final
+checkpoint, validation perplexity (the run's last validation record) and perplexity over every token of a
+held-out split (megarank-eval).
 
 The CPU default (configs/experiments/paper/lm_sweep.yaml) is chosen from the theory, not tuned on the result:
 decoupled decay shrinks a weight by exp(-Σ_t lr_t·λ), and the rank falls visibly only when that total is of
@@ -21,8 +22,8 @@ from megarank.analysis.plots import COLORS, LABELS
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
 from megarank.experiments.report import Check, Figure, Result, Table
-from megarank.experiments.sweeps import (CellResult, by_setting, fmt_mean_std, mean_std, monotone, setting_keys,
-                                         train_and_analyse)
+from megarank.experiments.sweeps import (CellResult, by_setting, fmt_mean_std, mean_std, missing_markdown, monotone,
+                                         setting_keys, train_and_analyse)
 from megarank.sweep import GridConfig
 
 WD_ATTN, WD_MLP = "optim.wd_attn", "optim.wd_mlp"
@@ -111,9 +112,9 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
               Table("runs", tuple(per_run[0]), per_run, "Every run", in_report=False)]
     markdown = _table1(cells, wd_attn, wd_mlp, ppl_key) + "\n\n" + _rank_table(cells, wd_attn, wd_mlp, d_head)
     if missing:
-        markdown += f"\n\n**Missing cells** (not finished, left out): {', '.join(missing)}"
+        markdown += "\n\n" + missing_markdown(missing)
     return Result(experiment="lm-sweep", title="Fig 3 (left) + Table 1: GPT over wd_attn × wd_mlp",
-                  checks=checks, discussion=_discussion(cells, wd_attn, wd_mlp, ppl_key, d_head, cfg),
+                  checks=checks,
                   summary={"cells": cells, "missing": missing, "perplexity": ppl_key, "d_head": d_head,
                            "n_runs": len(results)},
                   figures=figures, tables=tables, markdown=markdown)
@@ -199,28 +200,6 @@ def _rank_table(cells, wd_attn, wd_mlp, d_head: int) -> str:
                        f"{c['ov_rank_mean']:.1f} ({c['ov_effective_rank_mean']:.1f})")
         lines.append(f"| {a:g} | " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def _discussion(cells, wd_attn, wd_mlp, ppl_key: str, d_head: int, cfg: Config) -> str:
-    mlp = wd_mlp[0]
-    _, qk = _column(cells, mlp, "qk_rank_mean")
-    _, ov = _column(cells, mlp, "ov_rank_mean")
-    _, ppl = _column(cells, mlp, f"{ppl_key}_mean")
-    seeds = max(len(c["seeds"]) for c in cells)
-    text = (f"At wd_mlp {mlp:g}, raising wd_attn from {wd_attn[0]:g} to {wd_attn[-1]:g} moves the mean QK rank "
-            f"from {qk[0]:.1f} to {qk[-1]:.1f} and the OV rank from {ov[0]:.1f} to {ov[-1]:.1f} (of {d_head}), "
-            f"while {ppl_key.replace('_', ' ')} goes from {ppl[0]:.2f} to {ppl[-1]:.2f}. ")
-    falls = qk[-1] <= (1 - cfg.rank_drop_min) * qk[0]
-    text += ("The rank drop the paper predicts shows. " if falls else
-             "The rank barely moves: at this scale the total decay Σ lr·λ is too small for the paper's effect. ")
-    rel = (ppl[-1] - ppl[0]) / ppl[0] if ppl[0] else float("nan")
-    text += (f"Perplexity rises by {100 * rel:.1f} %, " if rel > 0 else f"Perplexity does not rise ({100 * rel:.1f} %), ")
-    text += ("the direction of the paper's Table 1, though the paper's runs are far longer (billions of tokens) "
-             "and larger, so the size of the gap is not comparable. " if rel > 0 else
-             "unlike the paper's Table 1: this run is too short for the lower rank to cost the model. ")
-    if seeds < 2:
-        text += "One seed per setting: no std; add seeds with grid.axes.seed=[1,2,3] to see the noise level."
-    return text
 
 
 def _rank_per_head_figure(results: list[CellResult], layers: list[int], mlp: float):

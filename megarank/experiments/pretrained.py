@@ -1,4 +1,4 @@
-"""Fig 4: are a pretrained model's attention factors balanced? (PAPER.md, "What it measured")
+"""Fig 4: are a pretrained model's attention factors balanced? (docs/paper.md, "### pretrained (Fig 4)")
 
 Per head h and product M = A Bᵀ (qk: A = W_Q,hᵀ, B = W_K,hᵀ; ov: A = W_O,h, B = W_V,hᵀ), the paper plots
 ‖A‖²_F + ‖B‖²_F against 2‖ABᵀ‖_*. Always 2‖ABᵀ‖_* <= ‖A‖² + ‖B‖² (AM-GM), with equality exactly when the
@@ -207,37 +207,6 @@ def _analyse(source: WeightSource, cfg: Config, progress: bool) -> RankTable:
     return analyse(source, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, device=cfg.device, progress=progress)
 
 
-def discussion(name: str, stats: dict, random: dict, rotated: dict, cfg: Config, info) -> str:
-    qk, ov = stats["qk"], stats["ov"]
-    parts = [f"In {name}, the median head's 2‖ABᵀ‖_* is {qk['balance_median']:.3f} of ‖A‖²+‖B‖² for QK and "
-             f"{ov['balance_median']:.3f} for OV (10th percentile {qk['balance_p10']:.3f} and "
-             f"{ov['balance_p10']:.3f}, worst head {qk['balance_min']:.3f} and {ov['balance_min']:.3f}); "
-             f"{qk['frac_at_least_min_balance']:.0%} of QK heads and {ov['frac_at_least_min_balance']:.0%} of "
-             f"OV heads reach {cfg.min_balance:g}."]
-    above = [p for p in PRODUCTS if stats[p]["balance_median"] > random[p]["balance_median"]]
-    ratio = info.d_model / info.d_head
-    if len(above) == len(PRODUCTS):
-        parts.append(f"Both sit above Gaussian factors of the same shapes (QK {random['qk']['balance_median']:.3f}, "
-                     f"OV {random['ov']['balance_median']:.3f}), so training left the factors more balanced "
-                     "than an untrained model's.")
-    else:
-        worse = " and ".join(p.upper() for p in PRODUCTS if p not in above)
-        parts.append(f"This does not separate the model from an untrained one: Gaussian factors of the same shapes "
-                     f"give {random['qk']['balance_median']:.3f} (QK) and {random['ov']['balance_median']:.3f} (OV), "
-                     f"at least as high for {worse}. With d_model/d_head = {ratio:.0f}, independent tall factors "
-                     "already have AᵀA ≈ BᵀB ≈ d_model·σ²·I, so a ratio near 1 is what Fig 4 would show at "
-                     "init too: on its own it is weak evidence that weight decay balanced the factors.")
-    gaps = {p: stats[p]["balance_median"] - rotated[p]["balance_median"] for p in PRODUCTS}
-    parts.append(f"Rotating each K and V head's coordinates at random (each factor's norm and spectrum kept, "
-                 f"the alignment of AᵀA with BᵀB removed) moves the medians by {-gaps['qk']:+.3f} (QK) and "
-                 f"{-gaps['ov']:+.3f} (OV): "
-                 + ("the alignment that balancing produces is measurable in both products."
-                    if min(gaps.values()) > 0.005 else
-                    "where this is near zero the factors' Gram matrices are close to isotropic, and balance "
-                    "says little about alignment."))
-    return " ".join(parts)
-
-
 def run(cfg: Config, *, progress: bool) -> Result:
     path = Path(cfg.model) if cfg.model is not None else default_model()
     name = "all-MiniLM-L6-v2" if cfg.model is None else path.name
@@ -287,5 +256,5 @@ def run(cfg: Config, *, progress: bool) -> Result:
         "rotated_baseline": {"seed": cfg.seed, **rotated},
     }
     return Result(experiment="pretrained", title=f"Fig 4: factor balance of {name}'s attention heads",
-                  checks=checks, discussion=discussion(name, stats, random, rotated, cfg, info), summary=summary,
+                  checks=checks, summary=summary,
                   figures=figures, tables=tables)

@@ -1,13 +1,14 @@
-"""An experiment's result and its files: report.md (figures embedded, headline table, what the numbers show),
-the PNGs and CSVs, and summary.json.
+"""An experiment's result and its files: report.md (the verdict, its checks and the tables as tables of numbers,
+the figures embedded), the PNGs and CSVs, and summary.json.
 
 summary.json always holds these keys, whatever the experiment (the README documents each experiment's own):
     experiment  its name           title     the paper's figure/table it reproduces
     verdict     'reproduced' | 'partly' | 'not' — decided from the measured numbers by the experiment's checks
     checks      [{name, passed, detail}]: the measured criteria behind the verdict
     config      the resolved config (every knob)   seconds   wall time   files   the other files written
-Written like megarank-rank's results: each file under a temp name, then renamed; summary.json removed first
-and written last, so a directory without it holds no finished result and `make reproduce` reruns it.
+Written like megarank-rank's results: each file under a temp name, then renamed (megarank/files.py);
+summary.json removed first and written last, so a directory without it holds no finished result and
+`make reproduce` reruns it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from megarank import __version__
-from megarank.analysis.report import atomic_write, json_ready, write_csv, write_figure
+from megarank.analysis.report import json_ready, write_csv, write_figure
+from megarank.files import atomic_write_text
 
 VERDICTS = ("reproduced", "partly", "not")
 
@@ -55,11 +57,10 @@ class Result:
     experiment: str
     title: str
     checks: list[Check]
-    discussion: str  # one paragraph: what the numbers show and where they do not match the paper
     summary: dict  # the experiment's own summary.json keys (rows, cells, ...)
     figures: list[Figure] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
-    markdown: str = ""  # extra markdown (e.g. the Table 1 analogue laid out as the paper's grid)
+    markdown: str = ""  # extra markdown tables (e.g. the Table 1 analogue laid out as the paper's grid)
 
     @property
     def verdict(self) -> str:
@@ -87,7 +88,7 @@ def markdown_table(columns: tuple[str, ...] | list[str], rows: list[dict]) -> st
     def cell(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
-        return "" if value is None else str(value)
+        return "" if value is None else str(value).replace("|", "\\|")  # a bare '|' would end the cell
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
@@ -107,7 +108,7 @@ def write_result(result: Result, out_dir: Path, config, seconds: float) -> Path:
         write_csv(out_dir / f"{table.name}.csv", tuple(table.columns), table.rows)
         written.append(f"{table.name}.csv")
     report = render_markdown(result, seconds)
-    atomic_write(out_dir / "report.md", lambda f: f.write(report))
+    atomic_write_text(out_dir / "report.md", report)
     written.append("report.md")
     document = {"experiment": result.experiment, "title": result.title, "verdict": result.verdict,
                 "checks": [asdict(c) for c in result.checks], **result.summary,
@@ -115,16 +116,19 @@ def write_result(result: Result, out_dir: Path, config, seconds: float) -> Path:
                 "seconds": round(seconds, 2), "version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": written}
     text = json.dumps(json_ready(document), indent=2)
-    atomic_write(summary_path, lambda f: f.write(text + "\n"))
+    atomic_write_text(summary_path, text + "\n")
     return summary_path
 
 
 def render_markdown(result: Result, seconds: float) -> str:
+    """report.md: the verdict, the checks as a table (each with the numbers it was decided on), the tables,
+    the figures. Numbers only; what they mean is in docs/paper.md, "## Experiments"."""
     parts = [f"# {result.title}", "",
              f"**Verdict: {result.verdict}** ({sum(c.passed for c in result.checks)}/{len(result.checks)} checks; "
-             f"{seconds:.0f} s)", ""]
-    parts += [f"- {'✔' if c.passed else '✘'} {c.name}: {c.detail}" for c in result.checks]
-    parts += ["", result.discussion.strip(), ""]
+             f"{seconds:.0f} s)", "",
+             markdown_table(("check", "passed", "measured"),
+                            [{"check": c.name, "passed": "✔" if c.passed else "✘", "measured": c.detail}
+                             for c in result.checks]), ""]
     if result.markdown:
         parts += [result.markdown.strip(), ""]
     for table in result.tables:
@@ -134,3 +138,4 @@ def render_markdown(result: Result, seconds: float) -> str:
     for fig in result.figures:
         parts += [f"![{fig.caption}]({fig.name}.png)", "", f"*{fig.caption}*", ""]
     return "\n".join(parts)
+

@@ -1,8 +1,9 @@
-"""`make reproduce`: every experiment's CPU default in sequence (a finished one is not rerun), then
-runs/paper/REPORT.md: a line per experiment (reproduced / partly / not, from its checks) and each one's report —
-figures and tables — in one document.
+"""`make reproduce`: every experiment's CPU default in the registry's order (a finished one is not rerun), then
+runs/paper/REPORT.md: a row per experiment (its verdict from its checks, or `failed` with the one-line error)
+and each finished one's report — checks, tables, figures — in one document.
 
-An experiment that fails is reported as failed in REPORT.md with its one-line error; the others still run.
+One experiment failing, whatever the error, is a row of REPORT.md, not the end of the run: the others still
+run and REPORT.md is always written; the command then exits non-zero (cli.py).
 """
 
 from __future__ import annotations
@@ -11,64 +12,83 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from megarank.analysis.report import atomic_write
 from megarank.errors import MegarankError
-from megarank.experiments import EXPERIMENTS
-from megarank.experiments.cli import load_experiment, run_experiment
+from megarank.experiments.registry import EXPERIMENTS
+from megarank.experiments.runner import load_experiment, run_experiment
+from megarank.files import atomic_write_text
 
 log = logging.getLogger("megarank")
-# cheapest first, so the quick figures exist even if a long sweep is interrupted
-ORDER = ("factorized", "scalar", "pretrained", "icl", "vit-sweep", "lm-sweep")
-PAPER_ITEM = {"factorized": "Fig 1", "scalar": "Fig 5", "icl": "Fig 2", "lm-sweep": "Fig 3 left + Table 1",
-              "vit-sweep": "Fig 3 right", "pretrained": "Fig 4"}
-assert set(ORDER) == set(EXPERIMENTS)
 
 
-def reproduce(*, force: bool = False, progress: bool = True, root: Path = Path("runs/paper")) -> Path:
-    """Run every default (skipping finished ones unless force), then write root/REPORT.md; returns its path."""
+@dataclass
+class Reproduced:
+    report: Path
+    """runs/paper/REPORT.md."""
+    failed: list[str]
+    """The experiments that raised, in order (empty: every one has a result)."""
+
+
+def reproduce(*, force: bool = False, progress: bool = True, root: Path = Path("runs/paper")) -> Reproduced:
+    """Run every default (skipping finished ones unless force), then write root/REPORT.md."""
     start = time.perf_counter()
     outcome: dict[str, str | Path] = {}
-    for name in ORDER:
-        log.info("reproduce: %s (%s)", name, PAPER_ITEM[name])
+    for entry in EXPERIMENTS:
+        log.info("reproduce: %s (%s)", entry.name, entry.reproduces)
         try:
-            outcome[name] = run_experiment(name, force=force, progress=progress)
-        except MegarankError as err:
-            log.error("reproduce: %s failed: %s", name, err)
-            outcome[name] = f"failed: {err}"
+            outcome[entry.name] = run_experiment(entry.name, force=force, progress=progress)
+        except Exception as err:  # any failure is a row of REPORT.md; the rest still run
+            if isinstance(err, MegarankError):
+                log.error("reproduce: %s failed: %s", entry.name, err)
+            else:  # not a user error: keep the traceback in the log for whoever debugs it
+                log.exception("reproduce: %s failed", entry.name)
+            outcome[entry.name] = one_line(err)
     report = write_report(outcome, root, time.perf_counter() - start)
-    log.info("reproduce: wrote %s", report)
-    return report
+    failed = [name for name, result in outcome.items() if not isinstance(result, Path)]
+    log.info("reproduce: wrote %s%s", report, f" ({len(failed)} failed: {', '.join(failed)})" if failed else "")
+    return Reproduced(report=report, failed=failed)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; the exception's type too unless it is a user error (MegarankError)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if isinstance(err, MegarankError) else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
 def write_report(outcome: dict[str, str | Path], root: Path, seconds: float) -> Path:
+    """REPORT.md from outcome (name -> its out_dir, or the text of its failure); returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     lines = ["# Reproducing “Weight decay induces low-rank attention layers” (Kobayashi et al., NeurIPS 2024)", "",
              f"`make reproduce`, this invocation {seconds / 60:.1f} min (finished experiments were not rerun; each "
-             "one's own wall time is in the table). Verdicts come from each experiment's measured checks.", "",
+             "one's own wall time is in the table). Verdicts come from each experiment's measured checks; "
+             "docs/paper.md, \"## Experiments\", describes each setup.", "",
              "| experiment | paper | verdict | checks | wall time |", "|---|---|---|---|---|"]
     sections = []
-    for name in ORDER:
-        result = outcome.get(name)
+    for entry in EXPERIMENTS:
+        name, result = entry.name, outcome.get(entry.name)
         if not isinstance(result, Path):
-            lines.append(f"| {name} | {PAPER_ITEM[name]} | failed | {result} | |")
+            error = str(result or "not run").replace("|", "\\|")
+            lines.append(f"| {name} | {entry.reproduces} | failed | {error} | |")
             continue
         summary = json.loads((result / "summary.json").read_text())
         passed = sum(c["passed"] for c in summary["checks"])
-        lines.append(f"| [{name}](#{name}) | {PAPER_ITEM[name]} | **{summary['verdict']}** | "
+        lines.append(f"| [{name}](#{name}) | {entry.reproduces} | **{summary['verdict']}** | "
                      f"{passed}/{len(summary['checks'])} | {summary['seconds'] / 60:.1f} min |")
         body = (result / "report.md").read_text()
-        rel = result.relative_to(root) if result.is_relative_to(root) else result.resolve()
+        where = result.resolve()  # linked relative to REPORT.md when below it, absolute otherwise
+        rel = where.relative_to(root.resolve()) if where.is_relative_to(root.resolve()) else where
         body = re.sub(r"\]\(([^)/]+\.(?:png|csv))\)", lambda m: f"]({rel.as_posix()}/{m[1]})", body)
         body = re.sub(r"^# ", "## ", body, count=1, flags=re.M)
         sections.append(f'<a id="{name}"></a>\n\n{body}\n\n(`{rel.as_posix()}/`: report.md, summary.json, CSVs)')
     text = "\n".join(lines) + "\n\n" + "\n\n---\n\n".join(sections) + "\n"
     path = root / "REPORT.md"
-    atomic_write(path, lambda f: f.write(text))
+    atomic_write_text(path, text)
     return path
 
 
 def experiment_configs() -> dict[str, object]:
     """Every default config, resolved (what `make reproduce` runs); raises on a broken one."""
-    return {name: load_experiment(name)[1] for name in ORDER}
+    return {entry.name: load_experiment(entry.name)[1] for entry in EXPERIMENTS}

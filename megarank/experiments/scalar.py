@@ -210,7 +210,7 @@ def run(cfg: Config, *, progress: bool = False) -> Result:
     table = Table("scalar", columns, rows, caption=f"where each run ends (y = {cfg.y:g}, {cfg.steps} steps)")
     summary_rows = [{k: r[k] for k in ("optimizer", "parametrization", "lambda", "w", "predicted_w", "a", "b",
                                        "balance")} for r in rows]
-    return Result(experiment="scalar", title=TITLE, checks=checks, discussion=_discussion(cfg, rows),
+    return Result(experiment="scalar", title=TITLE, checks=checks,
                   summary={"y": cfg.y, "rows": summary_rows}, figures=figures, tables=[table])
 
 
@@ -249,59 +249,6 @@ def _checks(cfg: Config, rows: list[dict]) -> list[Check]:
             abs(worst["balance"]) > cfg.balance_atol,
             f"||a| − |b|| {start:.3f} at the start, {abs(worst['balance']):.3f} at the end ({worst['optimizer']})"))
     return checks
-
-
-def _fmt(rows: list[dict], key: str = "w") -> str:
-    return ", ".join(f"{round(r[key], 3) + 0.0:.3f} (λ={r['lambda']:g})" for r in rows)  # + 0.0: no -0.000
-
-
-def _discussion(cfg: Config, rows: list[dict]) -> str:
-    y = cfg.y
-    l2_direct, l2_fact = _select(rows, "adam_l2", "direct"), _select(rows, "adam_l2", "factorized")
-    w_direct, w_fact = _select(rows, "adamw", "direct"), _select(rows, "adamw", "factorized")
-    parts = [
-        f"With y = {y:g}, Adam + L2 ends where the regularised loss is stationary: on w it shrinks, w = "
-        f"{_fmt(l2_direct)} against y/(1 + λ), never reaching zero; on a·b it soft-thresholds, a·b = {_fmt(l2_fact)} "
-        f"against max(|y| − λ, 0), zero once λ >= |y| — the scalar case of the nuclear norm on the product.",
-        f"AdamW does not shrink at all while the box it implies is inactive: on w it ends at {_fmt(w_direct)} "
-        f"against min(|y|, 1/λ), on a·b at {_fmt(w_fact)} against min(|y|, 1/λ²); the decoupled decay caps the "
-        f"parameters at 1/λ (where the normalised Adam step, at most 1, balances lr·λ·p) instead of trading the "
-        f"loss against a penalty, so it never drives w to zero."]
-    decayed = [r for r in rows if r["parametrization"] == "factorized" and r["lambda"] > 0]
-    if decayed:
-        def settle(r: dict) -> float:
-            return math.inf if r["balanced_from_step"] is None else r["balanced_from_step"]
-
-        def when(r: dict) -> str:
-            return "never" if r["balanced_from_step"] is None else f"from step {r['balanced_from_step']}"
-
-        largest = max(abs(r["balance"]) for r in decayed)
-        slowest = {opt: max((r for r in decayed if r["optimizer"] == opt), key=settle) for opt in OPTIMIZERS}
-        if largest <= cfg.balance_atol:
-            parts.append(f"Both optimisers balance the factors for every λ > 0 (largest final ||a| − |b|| "
-                         f"{largest:.1e}): decoupled decay balances too, as the paper says.")
-        else:
-            parts.append(f"Not every decayed run has balanced: the largest final ||a| − |b|| is {largest:.1e} "
-                         f"(balance_atol {cfg.balance_atol:g}).")
-        parts.append(
-            f"The slowest to settle below ||a| − |b|| < {cfg.balance_atol:g}: AdamW {when(slowest['adamw'])} at "
-            f"λ = {slowest['adamw']['lambda']:g}, Adam + L2 {when(slowest['adam_l2'])} at λ = "
-            f"{slowest['adam_l2']['lambda']:g}"
-            + ("; AdamW is the slower where its box is inactive, as its fixed point predicts: there the gradient "
-               "is of the order of ε and the balancing waits for v̂ to forget the early gradients."
-               if settle(slowest["adamw"]) > settle(slowest["adam_l2"])
-               and abs(cfg.y) < 1 / slowest["adamw"]["lambda"] ** 2 else "."))
-    undecayed = [r for r in rows if r["parametrization"] == "factorized" and r["lambda"] == 0]
-    if undecayed:
-        parts.append(f"Without decay the imbalance stays: ||a| − |b|| ends at {abs(undecayed[0]['balance']):.3f} "
-                     f"(from {abs(abs(cfg.a0) - abs(cfg.b0)):.3f}).")
-    failed = [r for r in rows if r["error"] > cfg.w_atol]
-    if failed:
-        parts.append("Not every run reached its derived fixed point within w_atol: " + "; ".join(
-            f"{r['optimizer']} {r['parametrization']} λ={r['lambda']:g} ended at {r['w']:.4f} vs "
-            f"{r['predicted_w']:.4f}" for r in failed) + " (more steps or a smaller beta2 would show whether it "
-            "is still moving).")
-    return " ".join(parts)
 
 
 def _figure(cfg: Config, optimizer: str, paths: list[Trajectory]) -> MplFigure:

@@ -100,3 +100,8 @@ def monotone(values: list[float], *, decreasing: bool, slack: float = 0.0) -> bo
         if not decreasing and b < a * (1 - slack):
             return False
     return True
+
+
+def missing_markdown(missing: list[str]) -> str:
+    """report.md's line listing the cells left out (empty when none is)."""
+    return f"**Missing cells** (not finished, left out): {', '.join(missing)}" if missing else ""

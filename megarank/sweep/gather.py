@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megarank.files import atomic_write_json
 from megarank.sweep.cells import MISSING, PARTIAL, Cell, expand
 from megarank.sweep.grid import GridConfig
 
@@ -80,7 +81,7 @@ def gather_grid(grid: GridConfig) -> Gathered:
 
 def write_gather(gathered: Gathered, grid: GridConfig, out: Path, *, plot: bool = True) -> list[Path]:
     """gather.csv, gather.json and (with a plot-able grid) gather.png in out; returns the paths written."""
-    from megarank.analysis.report import atomic_write, json_ready, write_csv, write_figure
+    from megarank.analysis.report import json_ready, write_csv, write_figure
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "gather.csv", out / "gather.json"]
@@ -89,7 +90,7 @@ def write_gather(gathered: Gathered, grid: GridConfig, out: Path, *, plot: bool 
                "finished": sum(r["state"] != PARTIAL for r in gathered.records),
                "partial": [r["cell"] for r in gathered.records if r["state"] == PARTIAL],
                "missing": [cell.name for cell in gathered.missing], "records": gathered.records}
-    atomic_write(written[1], lambda f: json.dump(json_ready(summary), f, indent=1))
+    atomic_write_json(written[1], json_ready(summary), indent=1)
     figure = final_metric_figure(gathered) if plot else None
     if figure is not None:
         written.append(out / "gather.png")

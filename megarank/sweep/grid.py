@@ -14,8 +14,12 @@ config that embeds a `grid:` is a grid file too) and its `defaults:` list is hon
 
 Command-line overrides (`key=value`) starting with `grid.` set the grid itself: `grid.run_root=/scratch/t1`,
 `grid.axes.seed=[1,2]`, `grid.axes.optim.lr=[1e-3]` (everything after `grid.axes.` is the axis' training key;
-a new axis goes last). Any other key is a training override appended to grid.overrides, i.e. applied to
-every cell: `data.path=data/pile`.
+a new axis goes last), `grid.axes={seed: [1, 2]}` (the axes replaced wholesale). Any other key is a training
+override appended to grid.overrides, i.e. applied to every cell: `data.path=data/pile`.
+
+The axis overrides have one parser, `parse_axis_overrides`, and reach a grid only through
+`apply_axis_overrides`, which builds a new GridConfig and so runs its checks (an empty axis, a run-dir axis);
+megarank-sweep and megarank-exp (a paper experiment's `grid:`) both go through them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from megarank.config.load import merge_checked, read_with_defaults, to_object
 from megarank.errors import MegarankError
@@ -90,29 +94,69 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> GridConfig:
     if not found:
         raise MegarankError(f"'{path}' has no grid: section; a grid file names base, overrides, axes, run_root "
                             "under grid: (see configs/sweeps/)")
+    parsed = parse_axis_overrides(overrides)
     grid_items, training_items = [], []
-    for item in overrides:
+    for item in parsed.rest:
         if "=" not in item:
             raise MegarankError(f"override '{item}' is not key=value; write e.g. grid.run_root=runs/t1 or "
                                 "data.path=data/pile")
-        key, value = item.split("=", 1)
-        if key.startswith(AXIS_PREFIX) and len(key) > len(AXIS_PREFIX):
-            axes[key[len(AXIS_PREFIX):]] = _axis_values(key[len(AXIS_PREFIX):], OmegaConf.from_dotlist(
-                [f"v={value}"]).v)
-        elif key.startswith("grid."):
-            grid_items.append(item)
-        else:
-            training_items.append(item)
+        (grid_items if item.startswith("grid.") else training_items).append(item)
     if grid_items:
         merged = merge_checked(merged, OmegaConf.from_dotlist(grid_items), GridFile)
     grid = to_object(merged).grid
-    return replace(grid, axes=axes, overrides=[*grid.overrides, *training_items],
+    grid = replace(grid, axes=axes, overrides=[*grid.overrides, *training_items],
                    run_root=grid.run_root.replace(NAME_PLACEHOLDER, path.stem))
+    return apply_axis_overrides(grid, parsed)
+
+
+@dataclass(frozen=True)
+class AxisOverrides:
+    """The `grid.axes...` items of a command line, parsed, and the items that are not."""
+
+    axes: dict[str, list[Any]]
+    """Axis key -> its values, set by `grid.axes.<key>=...` or `grid.axes={...}` (a new axis goes last)."""
+    replace: bool
+    """`grid.axes={...}` was given: the config's axes are replaced, not added to (a merge could only add)."""
+    rest: list[str]
+    """Every other item, in the order given (grid.run_root=..., training overrides, experiment knobs)."""
+
+
+def parse_axis_overrides(overrides: Sequence[str]) -> AxisOverrides:
+    """Split the axis overrides from the others. `grid.axes.optim.wd_attn=[0,3]` names the training key
+    'optim.wd_attn', which OmegaConf's dot-list would split into nested keys, hence a parser of their own; a
+    single value is an axis of one."""
+    axes: dict[str, list[Any]] = {}
+    replace_axes, rest = False, []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not (key == "grid.axes" or (key.startswith(AXIS_PREFIX) and len(key) > len(AXIS_PREFIX))):
+            rest.append(item)
+            continue
+        parsed = OmegaConf.from_dotlist([f"v={value}"]).v
+        if key == "grid.axes":
+            if not isinstance(parsed, DictConfig):
+                raise MegarankError(f"grid.axes={value}: give a mapping, e.g. grid.axes={{optim.wd_attn: [0, 1]}}")
+            replace_axes = True
+            axes.update({str(k): _axis_values(k, v) for k, v in parsed.items()})
+        else:
+            axis = key[len(AXIS_PREFIX):]
+            axes[axis] = _axis_values(axis, parsed)
+    return AxisOverrides(axes=axes, replace=replace_axes, rest=rest)
+
+
+def apply_axis_overrides(grid: GridConfig, parsed: AxisOverrides) -> GridConfig:
+    """A new grid with the parsed axes set; built with dataclasses.replace, so GridConfig's own checks run on
+    the result (the config's grid is never edited in place)."""
+    if not parsed.axes and not parsed.replace:
+        return grid
+    axes = {} if parsed.replace else dict(grid.axes)
+    axes.update(parsed.axes)
+    return replace(grid, axes=axes)
 
 
 def _axis_values(key: str, values: Any) -> list[Any]:
     """An axis' values as a plain list; a single value is an axis of one."""
-    if isinstance(values, ListConfig):
+    if isinstance(values, (ListConfig, DictConfig)):
         values = OmegaConf.to_container(values, resolve=True)
     if isinstance(values, dict):
         raise MegarankError(f"grid.axes.{key} must be a list of values, not a mapping; write the full training key "

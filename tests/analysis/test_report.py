@@ -1,6 +1,7 @@
 """The files of one analysis (ranks.csv, singular_values.npz, summary.json, PNGs) for the reference run, against
 the RankTable they are written from and the public column contract; and that a failure while writing never
-leaves a result that looks complete."""
+leaves a result that looks complete (nor, for megarank/files.py's write-then-rename these files go through,
+half a file)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from megarank import __version__
 from megarank.analysis import plots
 from megarank.analysis.cli import main
 from megarank.analysis.readers import open_source
-from megarank.analysis.report import analyse, atomic_write, write_report
+from megarank.analysis.report import analyse, write_report
 from megarank.analysis.spectra import DEFAULT_ATOL, DEFAULT_RTOL, METRICS
+from megarank.files import atomic_write
 
 CONTRACT = ["layer", "head", "product", "rank", "rank_atol", "effective_rank", "stable_rank", "sv_max", "nuclear",
             "l2_half", "balance", "imbalance"]

@@ -23,17 +23,19 @@ from tqdm import tqdm
 
 from megarank.analysis.report import json_ready
 from megarank.errors import MegarankError
-from megarank.experiments import icl
 from megarank.experiments.cli import main
+from megarank.experiments.icl.config import Config
+from megarank.experiments.icl.tables import ROW_COLUMNS, summary_rows
+from megarank.experiments.icl.train import sweep, train_one
 
 TINY = ["d=4", "n_context=8", "d_model=8", "n_heads=2", "steps=60", "batch_size=32", "eval_batch_size=128",
         "record_every=20", "lambdas=[0,0.3]"]
 
 
-def tiny_config(**overrides) -> icl.Config:
+def tiny_config(**overrides) -> Config:
     values = dict(d=4, n_context=8, d_model=8, n_heads=2, steps=60, batch_size=32, eval_batch_size=128,
                   record_every=20, lambdas=[0.0, 0.3])
-    return icl.Config(**{**values, **overrides})
+    return Config(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_entry_point_writes_summary_and_report(tiny_run):
     assert sorted((r["optimizer"], r["lambda"]) for r in summary["rows"]) == [
         ("adam_l2", 0.0), ("adam_l2", 0.3), ("adamw", 0.0), ("adamw", 0.3)]
     for row in summary["rows"]:
-        assert set(row) == set(icl.ROW_COLUMNS)
+        assert set(row) == set(ROW_COLUMNS)
     report = (tiny_run / "report.md").read_text()
     pngs = [f for f in summary["files"] if f.endswith(".png")]
     assert len(pngs) == 4
@@ -68,7 +70,7 @@ def test_same_seed_twice_gives_the_same_numbers(tiny_run):
     """The tiny config's sweep again, in this process: every number of every row equal to the entry point's."""
     first = json.loads((tiny_run / "summary.json").read_text())["rows"]
     cfg = tiny_config()
-    second = json.loads(json.dumps(json_ready(icl.summary_rows(cfg, icl.sweep(cfg, progress=False)))))
+    second = json.loads(json.dumps(json_ready(summary_rows(cfg, sweep(cfg, progress=False)))))
     assert first == second
 
 
@@ -82,7 +84,7 @@ def test_lambdas_without_zero_is_a_one_line_error(tmp_path, capsys):
 def test_recorded_metrics_equal_a_naive_svd_of_the_formed_products():
     """The last record of a decayed run against the formed products' svdvals and the formed Gram matrices."""
     cfg = tiny_config(steps=40, lambdas=[0.0, 1.0])
-    run, model = icl.train_one(cfg, "adam_l2", 1.0, 0, tqdm(disable=True))
+    run, model = train_one(cfg, "adam_l2", 1.0, 0, tqdm(disable=True))
     recorded = run.heads[-1]
     dh = cfg.d_head
     for layer, block in enumerate(model.blocks):
@@ -114,7 +116,7 @@ def test_recorded_metrics_equal_a_naive_svd_of_the_formed_products():
 def test_the_model_learns_below_the_trivial_predictor():
     """Held-out loss after 300 steps at λ = 0 against E[y²] = d (predicting 0) and its own loss at init."""
     cfg = tiny_config(n_context=16, steps=300, batch_size=64, eval_batch_size=512)
-    run, _ = icl.train_one(cfg, "adam_l2", 0.0, 0, tqdm(disable=True))
+    run, _ = train_one(cfg, "adam_l2", 0.0, 0, tqdm(disable=True))
     assert run.loss[0] > 0.8 * cfg.trivial_loss  # small init: predicts ~0
     assert run.loss[-1] < 0.5 * cfg.trivial_loss
 
@@ -122,7 +124,7 @@ def test_the_model_learns_below_the_trivial_predictor():
 def test_adam_and_adamw_coincide_at_zero_decay():
     """Adam(weight_decay=0) against AdamW(weight_decay=0): the same weights bit for bit after 20 steps."""
     cfg = tiny_config(steps=20)
-    _, adam = icl.train_one(cfg, "adam_l2", 0.0, 3, tqdm(disable=True))
-    _, adamw = icl.train_one(cfg, "adamw", 0.0, 3, tqdm(disable=True))
+    _, adam = train_one(cfg, "adam_l2", 0.0, 3, tqdm(disable=True))
+    _, adamw = train_one(cfg, "adamw", 0.0, 3, tqdm(disable=True))
     for (name, p), (_, q) in zip(adam.named_parameters(), adamw.named_parameters()):
         assert torch.equal(p, q), name

@@ -14,7 +14,8 @@ import torch
 import transformers  # a declared test dependency (setup.py extras 'dev')
 
 from megarank.experiments import pretrained
-from megarank.experiments.cli import main, run_experiment
+from megarank.experiments.cli import main
+from megarank.experiments.runner import run_experiment
 from tests.analysis.test_spectra import naive_head_products
 
 

@@ -1,7 +1,8 @@
 """lm-sweep and vit-sweep at a tiny size, through `megarank-exp` (real training runs of the sweep's cells):
 the Table 1 analogue and summary cells against the per-run numbers they average (each run's metrics.jsonl and
 megarank-rank of its final checkpoint), missing cells listed when gathering an unfinished sweep, the report
-writers' files, and `make reproduce`'s REPORT.md built from finished results."""
+writers' files, `make reproduce`'s REPORT.md built from finished results, and grid-axis overrides on the command line
+refused by the grid's own checks (the same as megarank-sweep's) before anything runs."""
 
 from __future__ import annotations
 
@@ -120,6 +121,32 @@ def test_sweep_experiment_bad_axes_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("grid.axes.seed=[]", "grid.axes.seed is empty"),
+    ("grid.axes.train.run_dir=[runs/a,runs/b]", "grid.axes.train.run_dir: the sweep sets each cell's run dir"),
+    ("grid.axes={optim.wd_attn: [0, 1], optim.wd_mlp: [0.1], checkpoint.dir: [c]}", "grid.axes.checkpoint.dir"),
+])
+def test_grid_axis_overrides_go_through_the_grids_checks(override, message, tmp_path, capsys):
+    """An empty axis and a run-dir axis given on megarank-exp's command line against GridConfig's own checks:
+    exit 2 with that one line, before any cell or output directory exists."""
+    code = exp_main(["lm-sweep", override, f"grid.run_root={tmp_path}/cells", f"out_dir={tmp_path}/out",
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cells").exists()
+
+
+def test_grid_axis_overrides_replace_or_extend_the_axes():
+    """The resolved config's grid against the command line: an axis set, an axis added last, the axes replaced."""
+    from megarank.experiments.runner import load_experiment
+
+    _, cfg = load_experiment("lm-sweep", overrides=["grid.axes.seed=[1,2]", "grid.axes.model.dropout=0.1"])
+    assert cfg.grid.axes["seed"] == [1, 2] and list(cfg.grid.axes)[-1] == "model.dropout"
+    assert cfg.grid.axes["model.dropout"] == [0.1]
+    _, cfg = load_experiment("lm-sweep", overrides=["grid.axes={optim.wd_attn: [0, 3], optim.wd_mlp: 0.1}"])
+    assert cfg.grid.axes == {"optim.wd_attn": [0, 3], "optim.wd_mlp": [0.1]}
+
+
 def test_every_default_config_resolves():
     """The configs `make reproduce` runs all load onto their schemas (and their grids' training configs exist)."""
     from megarank.experiments.reproduce import experiment_configs
@@ -133,13 +160,14 @@ def test_every_default_config_resolves():
 def test_reproduce_report_lists_every_experiment(lm_sweep, tmp_path):
     """REPORT.md: a verdict line per finished experiment (from its summary.json), a failed line for the others,
     and each report's figures linked relative to runs/paper."""
-    from megarank.experiments.reproduce import ORDER, write_report
+    from megarank.experiments.registry import NAMES
+    from megarank.experiments.reproduce import write_report
 
     root = tmp_path / "paper"
     shutil.copytree(lm_sweep / "out", root / "lm-sweep")
-    outcome = {name: f"{name} not run" for name in ORDER}
+    outcome = {name: f"{name} not run" for name in NAMES}
     outcome["lm-sweep"] = root / "lm-sweep"
     text = write_report(outcome, root, 12.0).read_text()
     verdict = json.loads((root / "lm-sweep" / "summary.json").read_text())["verdict"]
     assert f"| **{verdict}** |" in text and "(lm-sweep/rank_vs_wd_attn.png)" in text
-    assert text.count("| failed |") == len(ORDER) - 1
+    assert text.count("| failed |") == len(NAMES) - 1

@@ -1,5 +1,6 @@
-"""Grid files and cells against what the grid names: cell names and override values, CLI overrides of the grid,
-and a bad axis key failing with one line before anything runs (no run dir made). No training."""
+"""Grid files and cells against what the grid names: cell names and override values, CLI overrides of the grid
+(an axis set or added, the axes replaced, an empty or run-dir axis refused by GridConfig's checks), and a bad axis
+key failing with one line before anything runs (no run dir made). No training."""
 
 from __future__ import annotations
 
@@ -67,3 +68,26 @@ def test_bad_values_fail_with_one_line(tmp_path):
         load_grid(grid_file, ["grid.axs=1"])
     with pytest.raises(MegarankError, match="has no grid: section"):
         load_grid(REPO / "configs/default.yaml")
+
+
+def test_axes_replaced_wholesale_from_the_command_line(tmp_path):
+    """grid.axes={...} against the file's axes: replaced, not merged (it used to be dropped silently)."""
+    grid_file = write_grid(tmp_path / "grid.yaml", tmp_path / "data", tmp_path / "runs",
+                           axes={"optim.wd_attn": [0, 0.1], "seed": [1, 2]})
+    assert load_grid(grid_file, ["grid.axes={seed: [7]}"]).axes == {"seed": [7]}
+    assert load_grid(grid_file, ["grid.axes={seed: 7}", "grid.axes.optim.lr=[1e-3]"]).axes == {
+        "seed": [7], "optim.lr": [1e-3]}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grid.axes.seed=[]", "grid.axes.seed is empty; give it at least one value"),
+    ("grid.axes.train.run_dir=[a,b]", "grid.axes.train.run_dir: the sweep sets each cell's run dir itself"),
+    ("grid.axes={checkpoint.dir: [a]}", "grid.axes.checkpoint.dir: the sweep sets each cell's run dir itself"),
+    ("grid.axes=[1,2]", "grid.axes=[1,2]: give a mapping"),
+])
+def test_bad_axis_overrides_fail_with_one_line(tmp_path, capsys, override, message):
+    """An empty axis and a run-dir axis from megarank-sweep's command line against GridConfig's checks."""
+    grid_file = write_grid(tmp_path / "grid.yaml", tmp_path / "data", tmp_path / "runs", axes={"seed": [1]})
+    assert main(["list", str(grid_file), override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err

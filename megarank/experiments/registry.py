@@ -1,0 +1,53 @@
+"""The one list of the paper's experiments: name, module, what it reproduces, and `make reproduce`'s order.
+
+Each module defines `Config` (a dataclass: every knob, a docstring each, `out_dir` among them) and
+`run(cfg, *, progress) -> Result` (megarank/experiments/report.py). Its default config is
+configs/experiments/paper/<name with '_' for '-'>.yaml; docs/paper.md, "## Experiments", describes each one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from megarank.errors import MegarankError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    """What megarank-exp and runs/paper/<name>/ call it."""
+    module: str
+    """The module that holds its Config and run."""
+    reproduces: str
+    """The paper's figure or table, as REPORT.md and docs/paper.md name it."""
+
+    @property
+    def config_path(self) -> str:
+        """configs/experiments/paper/<name>.yaml, with '-' as '_' (lm-sweep -> lm_sweep.yaml)."""
+        return f"configs/experiments/paper/{self.name.replace('-', '_')}.yaml"
+
+    def load(self) -> ModuleType:
+        """The module, imported on first use (the sweeps pull in training; factorized needs only numpy)."""
+        return importlib.import_module(self.module)
+
+
+# in `make reproduce` order: cheapest first, so the quick figures exist even if a long sweep is interrupted
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment("factorized", "megarank.experiments.factorized", "Fig 1"),
+    Experiment("scalar", "megarank.experiments.scalar", "Fig 5"),
+    Experiment("pretrained", "megarank.experiments.pretrained", "Fig 4"),
+    Experiment("icl", "megarank.experiments.icl", "Fig 2"),
+    Experiment("vit-sweep", "megarank.experiments.vit_sweep", "Fig 3 right"),
+    Experiment("lm-sweep", "megarank.experiments.lm_sweep", "Fig 3 left + Table 1"),
+)
+NAMES: tuple[str, ...] = tuple(e.name for e in EXPERIMENTS)
+
+
+def experiment(name: str) -> Experiment:
+    """The registry entry of `name`; a one-line error naming the choices for any other name."""
+    for entry in EXPERIMENTS:
+        if entry.name == name:
+            return entry
+    raise MegarankError(f"unknown experiment '{name}'; choose one of {', '.join(NAMES)}")

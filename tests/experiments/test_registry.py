@@ -1,0 +1,31 @@
+"""The registry of experiments against what uses it: each entry's module (a Config dataclass and run), its
+default config file, and megarank-exp's choices; an unknown name against the one-line error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from megarank.errors import MegarankError
+from megarank.experiments.cli import main
+from megarank.experiments.registry import EXPERIMENTS, NAMES, experiment
+from tests.helpers import REPO
+
+
+@pytest.mark.parametrize("entry", EXPERIMENTS, ids=NAMES)
+def test_every_entry_has_a_module_and_a_config(entry):
+    module = entry.load()
+    assert dataclasses.is_dataclass(module.Config) and callable(module.run)
+    assert "out_dir" in {f.name for f in dataclasses.fields(module.Config)}
+    assert (REPO / entry.config_path).is_file()
+
+
+def test_names_are_unique_and_are_the_cli_choices(capsys):
+    assert len(set(NAMES)) == len(NAMES) == 6
+    with pytest.raises(SystemExit):
+        main(["no-such-experiment"])
+    err = capsys.readouterr().err
+    assert all(name in err for name in (*NAMES, "reproduce"))
+    with pytest.raises(MegarankError, match="unknown experiment 'nope'; choose one of factorized, scalar"):
+        experiment("nope")
