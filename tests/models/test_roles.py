@@ -115,11 +115,11 @@ def test_a_mistyped_row_fails_at_import():
 
 def test_biases_follow_their_linear():
     """A column-parallel linear's bias is split with its outputs; a row-parallel one's is added whole."""
-    model = gpt(bias=True)
-    for name in all_names(model):
+    bias_style = {"column": "column", "row": "replicated", "replicated": "replicated"}  # by the weight's style
+    for name in all_names(gpt(bias=True)):
         if name.endswith(".bias") and name.startswith("blocks."):
             weight_style = role_of(name.removesuffix("bias") + "weight").tp_style
-            assert role_of(name).tp_style == {"column": "column", "row": "replicated", "replicated": "replicated"}[weight_style], name
+            assert role_of(name).tp_style == bias_style[weight_style], name
 
 
 def old_name_based_init(model: nn.Module, std: float, n_layers: int, *, vit_head: bool) -> None:

@@ -1,6 +1,6 @@
-"""The ViT against references: shapes and pooling, the loss with label smoothing, linear patch embedding equal to an explicit unfold +
-matmul, the position table interpolated on load at a new image size (class slot kept), every parameter
-claimed by a decay role."""
+"""The ViT against references: shapes and pooling, the loss with label smoothing against F.cross_entropy's,
+linear patch embedding equal to an explicit unfold + matmul, the position table interpolated on load at a new
+image size (class slot kept), every parameter claimed by a decay role."""
 
 from __future__ import annotations
 
