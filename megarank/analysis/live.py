@@ -2,10 +2,10 @@
 shows its attention ranks falling live in TensorBoard.
 
 Takes a plain GPT or ViT module (not the DeepSpeed engine; any dtype, bf16 included) and calls nothing
-distributed, so any rank may call it alone. It finds each block's attention by megarank's names
-(blocks.<i>.attn.{q,k,v,o}_proj) and runs the same factor trick as `megarank-rank` in float64 on the weights'
-device: four (d_model × d_head) QRs per head, nothing of size d_model²; milliseconds for GPT-2 small. On a
-TP-sharded module it summarises this rank's own heads. Under ZeRO-3 the parameters are partitioned: pass
+distributed, so any rank may call it alone. It finds each block's attention projections by their roles q, k,
+v, o (megarank/models/roles.py's attention_layers) and runs the same factor trick as `megarank-rank` in float64
+on the weights' device: four (d_model × d_head) QRs per head, nothing of size d_model². On a TP-sharded module
+it summarises this rank's own heads. Under ZeRO-3 the parameters are partitioned: pass
 `gather` (e.g. deepspeed.zero.GatheredParameters), which then brings in one layer's four projections at a
 time, or it raises. The training loop's wrapper (megarank/train/rank_logging.py) does both for a run.
 """
@@ -13,7 +13,6 @@ time, or it raises. The training loop's wrapper (megarank/train/rank_logging.py)
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +20,7 @@ import torch
 from torch import nn
 
 from megarank.analysis.spectra import PRODUCTS, head_metrics, layer_spectra
-
-_ATTN = re.compile(r"^(?:.*\.)?blocks\.(\d+)\.attn$")
+from megarank.models.roles import attention_layers
 
 
 @torch.no_grad()
@@ -34,13 +32,14 @@ def attention_rank_summary(model: nn.Module, n_heads: int, rtol: float,
     'effective_rank/{qk,ov}_mean' and 'balance/{qk,ov}_mean' (‖ABᵀ‖_* / ((‖A‖²+‖B‖²)/2), 1 when balanced).
     n_heads: the model's total head count (d_head = d_model / n_heads). gather(params): a context in which
     the given (partitioned) parameters are whole; under it this is a collective, so every rank must call."""
-    found = sorted((int(m[1]), module) for name, module in model.named_modules() if (m := _ATTN.match(name)))
+    found = attention_layers(model)
     if not found:
-        raise ValueError("no attention modules named blocks.<i>.attn in this model")
+        raise ValueError("no attention modules in this model: no parameter has role q, k, v or o "
+                         "(megarank/models/roles.py)")
     out: dict[str, float] = {}
     pooled = {p: {"rank": [], "effective_rank": [], "balance": []} for p in PRODUCTS}
-    for layer, attn in found:
-        q, k, v, o = weights = [getattr(attn, f"{r}_proj").weight for r in "qkvo"]
+    for layer, projections in found:
+        q, k, v, o = weights = [projections[role] for role in ("q", "k", "v", "o")]
         with gather(weights) if gather is not None else contextlib.nullcontext():
             if q.numel() == 0:
                 raise ValueError("attention weights are empty (ZeRO-3 partitions them): gather the parameters first "

@@ -1,4 +1,5 @@
-"""Per-head rank metrics of the attention products, computed from their factors (PAPER.md, "Measuring rank").
+"""Per-head rank metrics of the attention products, computed from their factors (docs/paper.md,
+"Per-head products and how megarank measures them").
 
 The factor trick. A product M = A Bᵀ of two (d_model, k) factors has rank <= k. With thin QR A = Q_A R_A and
 B = Q_B R_B, M = Q_A (R_A R_Bᵀ) Q_Bᵀ where Q_A, Q_B have orthonormal columns, so M has exactly the singular
@@ -14,8 +15,8 @@ once and paired with each of its query heads.
 
 How R is computed (`qr`):
     'cholesky' (default): CholeskyQR, R = chol(AᵀA)ᵀ, which is the thin QR's R (up to row signs) from one Gram
-        matrix (a GEMM, the fastest dense kernel there is) and a k × k Cholesky: about 2× faster per layer than
-        Householder on a 2-core CPU, which is what brings a 7B model well under a minute. Forming AᵀA squares
+        matrix (a GEMM, the fastest dense kernel there is) and a k × k Cholesky: faster per layer than
+        Householder, which matters for a 7B model's thousands of heads. Forming AᵀA squares
         the condition number, so the smallest singular values of A come out with relative error ~ eps·κ(A)².
         Heads whose factor has κ(A) > eps^(-1/3) (1.6e5 in float64, read off the Gram's eigenvalues) are
         redone with Householder; every other head's factor keeps its σ to relative accuracy eps^(1/3) (6e-6
@@ -40,9 +41,9 @@ import torch
 # carries at least 1 % of the head's strongest one, whether the weights were saved in fp32 or bf16.
 DEFAULT_RTOL = 1e-2
 # `rank_atol` counts singular values above this absolute value. Weight decay shrinks singular values by a
-# roughly fixed amount per unit of λ (PAPER.md), so an absolute threshold sees directions decayed to ~zero even
-# where the head's top direction is small too; it is scale-dependent: compare it between runs of one model
-# family and init. 1e-3 is ~1/100 of a GPT-2-small head's σ_max at init (init_std 0.02, d_model 768).
+# roughly fixed amount per unit of λ (docs/paper.md, "The claim"), so an absolute threshold sees directions
+# decayed to ~zero even where the head's top direction is small too; it is scale-dependent: compare it between
+# runs of one model family and init. 1e-3 is ~1/100 of a GPT-2-small head's σ_max at init (init_std 0.02, d_model 768).
 DEFAULT_ATOL = 1e-3
 
 PRODUCTS = ("qk", "ov")
@@ -100,8 +101,9 @@ def head_factors(weight: torch.Tensor, d_head: int, *, rows: bool, dtype: torch.
                  device: torch.device | str) -> torch.Tensor:
     """A projection's per-head factors as (H, d_model, d_head), converted to dtype on device.
 
-    rows=True: q/k/v_proj.weight (H·d_head, d_model), head h in rows [h·d_head, (h+1)·d_head) -> W_{·,h}ᵀ.
-    rows=False: o_proj.weight (d_model, H·d_head), head h in those columns -> W_O,h."""
+    rows=True: the weight of role q, k or v (H·d_head, d_model), head h in rows [h·d_head, (h+1)·d_head)
+        -> W_{·,h}ᵀ.
+    rows=False: the weight of role o (d_model, H·d_head), head h in those columns -> W_O,h."""
     w = weight.detach().to(device=device, dtype=dtype)
     if rows:
         return w.view(-1, d_head, w.shape[1]).transpose(1, 2)  # (H, d_head, d_model) -> (H, d_model, d_head)

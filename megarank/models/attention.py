@@ -3,7 +3,8 @@
 Per head h (d_head = d_model / n_heads), in nn.Linear's (out, in) layout:
     W_Q,h = q_proj.weight[h*d_head:(h+1)*d_head, :]      (d_head, d_model), likewise W_K,h and W_V,h
     W_O,h = o_proj.weight[:, h*d_head:(h+1)*d_head]      (d_model, d_head)
-The paper's products are W_Q,h^T W_K,h and W_O,h W_V,h (PAPER.md); megarank.analysis reads them this way.
+The paper's products are W_Q,h^T W_K,h and W_O,h W_V,h (docs/paper.md, "Per-head products and how megarank
+measures them"); megarank.analysis reads them this way, finding the four by their roles (models/roles.py).
 
 The kernel is pluggable: flash_attn (GPU, bf16/fp16), torch SDPA (its flash/cuDNN/efficient kernels on GPU,
 a fused CPU kernel otherwise), or the explicit math path that is the reference for both.
@@ -90,7 +91,8 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
-        # context for the attention-probability dropout's RNG; tensor parallelism swaps in a per-rank stream
+        # the RNG context the attention-probability dropout draws in: the hook the TP step
+        # (parallel/tensor_parallel.py) sets to the TP-local stream, so each rank's own heads get their own masks
         self.rng_region = contextlib.nullcontext
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

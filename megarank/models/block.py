@@ -3,8 +3,9 @@
     x = x + attn(ln_1(x))
     x = x + mlp(ln_2(x))
 
-Parameter names matter: optimizer groups and the rank tools find weights by them
-(`attn.{q,k,v,o}_proj`, `mlp.fc_in`, `mlp.fc_out`, `ln_1`, `ln_2`).
+Parameter names matter: megarank/models/roles.py maps each name (`attn.{q,k,v,o}_proj`, `mlp.fc_in`,
+`mlp.fc_out`, `ln_1`, `ln_2`) to its role, and the optimizer groups, tensor parallelism, the init and the rank
+tools read the roles, never the names. A new or renamed parameter here needs its row there.
 """
 
 from __future__ import annotations

@@ -3,15 +3,14 @@
     tokens -> wte (+ wpe, or RoPE inside attention) -> n_layers x Block(causal) -> ln_f -> lm_head -> logits
 
 Choices: pre-LayerNorm; separate q/k/v/o projections (per-head factors readable, see attention.py); GELU MLP
-of width d_ff; no biases by default; LM head tied to wte by default. Init: N(0, init_std), with the residual
-output projections (o_proj, fc_out) scaled by 1/sqrt(2 * n_layers) as in GPT-2, so the residual stream's
-variance does not grow with depth. No collectives here: tensor parallelism is applied afterwards by
-megarank.parallel, which swaps the linears and the loss.
+of width d_ff; no biases by default; LM head tied to wte by default. Init by each parameter's role
+(models/roles.py): N(0, init_std), with the residual output projections (o_proj, fc_out) scaled by
+1/sqrt(2 * n_layers) as in GPT-2, so the residual stream's variance does not grow with depth. No collectives
+here: tensor parallelism is applied afterwards by megarank/parallel/tensor_parallel.py, which swaps the
+linears and sets `loss_fn`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from megarank.config.schema import ModelConfig
 from megarank.models.attention import RotaryEmbedding
 from megarank.models.block import Block
 from megarank.models.chunked_loss import chunked_next_token_loss
+from megarank.models.roles import init_by_role
 
 
 class GPT(nn.Module):
@@ -42,21 +42,13 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.loss_fn = F.cross_entropy  # swapped for the vocab-parallel loss under tensor parallelism
+        # the loss of the head's logits, (N, vocab) and targets (N,) -> mean: the hook the TP step sets to the
+        # vocabulary-parallel loss when it splits the head by vocabulary (logits then (N, vocab / tp))
+        self.loss_fn = F.cross_entropy
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.cfg.init_std
-        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif ".ln_" in name or name.startswith("ln_"):
-                nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "fc_out.weight")):
-                nn.init.normal_(p, mean=0.0, std=residual_std)
-            else:
-                nn.init.normal_(p, mean=0.0, std=std)
+        init_by_role(self, std=self.cfg.init_std, n_layers=self.cfg.n_layers)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids. Returns the mean next-token loss if targets (B, T) are given, else logits
@@ -78,8 +70,3 @@ class GPT(nn.Module):
                                            self.cfg.loss_chunk_tokens)
         return self.loss_fn(self.lm_head(x).float().view(B * T, -1), targets.reshape(B * T))
 
-    def num_params(self, exclude_embeddings: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings and self.wpe is not None:
-            n -= self.wpe.weight.numel()
-        return n

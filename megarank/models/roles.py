@@ -2,10 +2,12 @@
 
 Every component that must know a parameter reads it here, never from the name itself:
     decay group   optim/groups.py builds the optimizer's groups from it (the paper's knob: attn vs mlp)
-    TP style      parallel/tensor_parallel.py shards by it; checkpoints record it for the offline tools
-    init          the models' reset_parameters initialise by it
+    TP style      parallel/tensor_parallel.py shards by it; train/grad_norm.py and train/weight_norms.py count
+                  a parameter once or per TP rank by it; checkpoints record it for the offline tools
+    init          the models' reset_parameters initialise by it (init_by_role)
     analysis      the attention projections q, k, v, o: the per-head products W_Q,hᵀW_K,h and W_O,h W_V,h
-                  (docs/paper.md) are read from the parameters with these roles
+                  (docs/paper.md, "Per-head products and how megarank measures them") are read from the
+                  parameters with these roles (attention_layers)
 
 ROLE_TABLE is ordered, first match wins; a parameter no row matches is an error (a renamed layer fails loudly
 rather than silently changing its decay, bigscience Megatron-DeepSpeed #262). Adding a projection to the
@@ -19,6 +21,7 @@ follows its linear's output: column-split under a column-parallel linear, replic
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -54,6 +57,9 @@ class RoleRow:
 
 
 def _row(pattern: str, name: str, decay_group: str, tp_style: str, init: str) -> RoleRow:
+    for value, allowed in ((decay_group, DECAY_GROUPS), (tp_style, TP_STYLES), (init, INITS)):
+        if value not in allowed:  # a mistyped row fails at import, not as a silently replicated/undecayed tensor
+            raise ValueError(f"roles.py row '{pattern}': '{value}' is not one of {allowed}")
     return RoleRow(pattern, Role(name, decay_group, tp_style, init))
 
 
@@ -89,18 +95,58 @@ ROLE_TABLE: tuple[RoleRow, ...] = (
 _COMPILED = tuple((re.compile(row.pattern), row.role) for row in ROLE_TABLE)
 
 
+def find_role(name: str) -> Role | None:
+    """The role of the parameter called `name`, None where no row of ROLE_TABLE matches."""
+    return next((role for pattern, role in _COMPILED if pattern.fullmatch(name)), None)
+
+
 def role_of(name: str) -> Role:
     """The role of the parameter called `name` (model.named_parameters()' name); an error for a name no row of
     ROLE_TABLE matches."""
-    for pattern, role in _COMPILED:
-        if pattern.fullmatch(name):
-            return role
-    raise MegarankError(f"parameter '{name}' has no role: add a row for it to ROLE_TABLE in megarank/models/roles.py")
+    role = find_role(name)
+    if role is None:
+        raise MegarankError(f"parameter '{name}' has no role: add a row for it to ROLE_TABLE in "
+                            "megarank/models/roles.py")
+    return role
 
 
 def model_roles(model: nn.Module) -> dict[str, Role]:
     """{name: role} of every parameter (a tied parameter once, under its first name), in model order."""
     return {name: role_of(name) for name, _ in model.named_parameters()}
+
+
+def init_by_role(model: nn.Module, *, std: float, n_layers: int) -> None:
+    """Initialise every parameter of `model` as its role's init says, in named_parameters order (the order of
+    the random draws, which fixes the weights a seed gives). 'residual' is N(0, std / sqrt(2 n_layers)): GPT-2's
+    scaling of the projections that write into the residual stream, so its variance does not grow with depth."""
+    residual_std = std / math.sqrt(2 * n_layers)
+    for name, param in model.named_parameters():
+        init = role_of(name).init
+        if init == "zeros":
+            nn.init.zeros_(param)
+        elif init == "ones":
+            nn.init.ones_(param)
+        else:
+            nn.init.normal_(param, mean=0.0, std=residual_std if init == "residual" else std)
+
+
+_LAYER = re.compile(r"(?:.*\.)?blocks\.(\d+)\.")
+
+
+def attention_layers(model: nn.Module) -> list[tuple[int, dict[str, nn.Parameter]]]:
+    """[(layer, {'q': W_Q, 'k': W_K, 'v': W_V, 'o': W_O})] for every block of `model` in layer order: the
+    parameters whose role is one of ATTENTION_ROLES. Names may carry a wrapper's prefix (module.blocks.0...);
+    parameters of no role (a wrapper's own) are passed over. A layer lacking one of the four is an error."""
+    layers: dict[int, dict[str, nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        role = find_role(name)
+        if role is not None and role.name in ATTENTION_ROLES:
+            layers.setdefault(int(_LAYER.match(name)[1]), {})[role.name] = param
+    for layer, found in layers.items():
+        if set(found) != set(ATTENTION_ROLES):
+            raise MegarankError(f"attention layer {layer} has projections {sorted(found)}, expected all of "
+                                f"{ATTENTION_ROLES} (megarank/models/roles.py)")
+    return sorted(layers.items(), key=lambda item: item[0])
 
 
 def split_dim(tp_style: str) -> int | None:

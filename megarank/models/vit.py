@@ -3,8 +3,10 @@
     image (B, C, H, W) -> patch_embed (conv or linear) -> [cls] + patches + pos_embed
         -> n_layers x Block(non-causal) -> ln_f -> pool (cls token or mean) -> head -> class logits
 
-The attention weights live under the same names as the GPT's (`blocks.{i}.attn.{q,k,v,o}_proj`), so the
-decay groups, tensor parallelism and the rank tools apply unchanged. The learned position table is
+The blocks are the GPT's, so their parameters have the same roles (models/roles.py) and the decay groups,
+tensor parallelism and the rank tools apply unchanged; the embedding and head rows of the roles table are the
+ViT's own (all replicated under TP). Init by role: N(0, init_std), residual projections scaled as in the GPT,
+and a zero class head so training starts at uniform predictions. The learned position table is
 interpolated (bicubic, on the patch grid) when a checkpoint of another image size is loaded.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from megarank.config.schema import ModelConfig
 from megarank.models.block import Block
+from megarank.models.roles import init_by_role
 
 
 class LinearPatchEmbed(nn.Module):
@@ -44,7 +47,8 @@ class ConvPatchEmbed(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, label_smoothing: float = 0.0):
+        """label_smoothing: of the cross-entropy loss (train.label_smoothing)."""
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
@@ -62,20 +66,11 @@ class ViT(nn.Module):
             for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
-        self.label_smoothing = 0.0  # set by the trainer from train.label_smoothing
+        self.label_smoothing = label_smoothing
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std, residual_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias") or name == "head.weight":  # zero head: start at uniform predictions
-                nn.init.zeros_(p)
-            elif ".ln_" in name or name.startswith("ln_"):
-                nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "fc_out.weight")):
-                nn.init.normal_(p, std=residual_std)
-            else:
-                nn.init.normal_(p, std=std)
+        init_by_role(self, std=self.cfg.init_std, n_layers=self.cfg.n_layers)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, C, H, W). Returns the mean cross-entropy if targets (B,) are given, else logits
@@ -92,9 +87,6 @@ class ViT(nn.Module):
         if targets is None:
             return logits
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "pos_embed"

@@ -1,61 +1,44 @@
-"""Weight-decay groups by parameter role: the paper's control knob (separate decay for attention and MLP).
+"""Weight-decay groups by parameter role: the paper's control knob (separate decay for attention and MLP;
+docs/paper.md, "Weight-decay groups").
 
-Ordered rules on parameter names, first match wins; every trainable parameter must be claimed by exactly one
-rule and every rule must claim something, so a renamed layer fails loudly instead of silently changing its
-decay (bigscience Megatron-DeepSpeed #262). Roles, not shards: under tensor parallelism a shard of q_proj is
-still 'attn'.
+Each parameter's group is its role's decay_group (megarank/models/roles.py, the one table of roles): a
+parameter of no role is an error there, and a group the model must have ('no_decay', 'attn', 'mlp') that
+claims nothing is an error here, so a renamed layer fails loudly instead of silently changing its decay
+(bigscience Megatron-DeepSpeed #262). Roles, not shards: under tensor parallelism a shard of W_Q is still 'attn'.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from torch import nn
 
 from megarank.config.schema import OptimConfig
+from megarank.errors import MegarankError
+from megarank.models.roles import DECAY_GROUPS, role_of
+
+REQUIRED_GROUPS = ("no_decay", "attn", "mlp")
+"""Groups every megarank model has (norm gains, attention and MLP weights)."""
 
 
-@dataclass(frozen=True)
-class GroupRule:
-    name: str
-    pattern: str
-    """Regular expression searched in the parameter's name."""
-    decay_field: str | None
-    """OptimConfig field holding this group's decay; None means no decay."""
+def group_decay(group: str, cfg: OptimConfig) -> float:
+    """The weight decay of `group`: 0 for 'no_decay', else OptimConfig.wd_<group>."""
+    return 0.0 if group == "no_decay" else getattr(cfg, f"wd_{group}")
 
 
-RULES: tuple[GroupRule, ...] = (
-    GroupRule("no_decay", r"(\.bias$|(^|\.)ln_\w*\.weight$|(^|\.)norm\w*\.weight$)", None),  # biases, norm gains
-    GroupRule("attn", r"(^|\.)attn\.(q_proj|k_proj|v_proj|o_proj)\.weight$", "wd_attn"),
-    GroupRule("mlp", r"(^|\.)mlp\.(fc_in|fc_out)\.weight$", "wd_mlp"),
-    # embeddings and output heads: GPT (wte, wpe, lm_head) and ViT (patch_embed, cls_token, pos_embed, head)
-    GroupRule("other", r"^((wte|wpe|lm_head|head|patch_embed\.proj)\.weight|cls_token|pos_embed)$", "wd_other"),
-)
+def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Optimizer param groups [{'name', 'params', 'weight_decay'}] in DECAY_GROUPS order, one per group that
+    claims a trainable parameter; within a group, the parameters in model order.
 
-
-def build_param_groups(model: nn.Module, cfg: OptimConfig, rules: tuple[GroupRule, ...] = RULES) -> list[dict]:
-    """Optimizer param groups [{'name', 'params', 'weight_decay'}] in rule order, one per rule that matched.
-
-    Raises ValueError if a trainable parameter matches no rule or a required rule matches nothing."""
-    claimed: dict[str, list[nn.Parameter]] = {r.name: [] for r in rules}
-    unclaimed = []
+    Raises MegarankError if a trainable parameter has no role or a required group claims nothing."""
+    claimed: dict[str, list[nn.Parameter]] = {group: [] for group in DECAY_GROUPS}
     for name, param in model.named_parameters():  # shared (tied) parameters appear once
-        if not param.requires_grad:
-            continue
-        rule = next((r for r in rules if re.search(r.pattern, name)), None)
-        if rule is None:
-            unclaimed.append(name)
-        else:
-            claimed[rule.name].append(param)
-    if unclaimed:
-        raise ValueError(f"parameters claimed by no weight-decay rule: {unclaimed}; add a rule in optim/groups.py")
-    for required in ("no_decay", "attn", "mlp"):
-        if any(r.name == required for r in rules) and not claimed[required]:
-            raise ValueError(f"weight-decay rule '{required}' matched no parameter; were layers renamed?")
-    return [{"name": r.name, "params": claimed[r.name],
-             "weight_decay": getattr(cfg, r.decay_field) if r.decay_field else 0.0}
-            for r in rules if claimed[r.name]]
+        if param.requires_grad:
+            claimed[role_of(name).decay_group].append(param)
+    for required in REQUIRED_GROUPS:
+        if not claimed[required]:
+            raise MegarankError(f"weight-decay group '{required}' matched no parameter; were layers renamed? "
+                                "(roles in megarank/models/roles.py)")
+    return [{"name": group, "params": params, "weight_decay": group_decay(group, cfg)}
+            for group, params in claimed.items() if params]
 
 
 def describe_groups(groups: list[dict]) -> str:

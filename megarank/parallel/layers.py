@@ -3,13 +3,15 @@
 Every TP rank builds the same full model from the same seed, then keeps its slice: the sharded model holds
 exactly the TP=1 weights, so runs at different TP sizes are comparable step for step.
 
-    ColumnParallelLinear  W (out/tp, in)   input replicated -> output features split     (q, k, v, fc_in)
-    RowParallelLinear     W (out, in/tp)   input features split -> partial sums reduced  (o, fc_out)
+    ColumnParallelLinear  W (out/tp, in)   input replicated -> output features split     (roles q, k, v, mlp_in)
+    RowParallelLinear     W (out, in/tp)   input features split -> partial sums reduced  (roles o, mlp_out)
     VocabParallelEmbedding  rows [v0, v1) of the table; other ids contribute zeros, then all-reduce
     vocab_parallel_cross_entropy  loss from vocab-sharded logits without gathering them
 
-Sharded parameters carry `tensor_model_parallel = True` (Megatron's attribute, which DeepSpeed reads) so the
-global gradient norm counts them on every TP rank and replicated ones once.
+Which layer a parameter gets is its role's TP style (megarank/models/roles.py), applied by tensor_parallel.py.
+Each layer takes `weight=` an already-sharded weight to share instead of slicing its own (a head tied to the
+token embedding). Sharded parameters carry `tensor_model_parallel = True`, Megatron's attribute, for DeepSpeed,
+whose own gradient norm reads it; megarank itself asks the roles table whether a parameter is sharded.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ class ColumnParallelLinear(nn.Module):
 
 
 class RowParallelLinear(nn.Module):
-    def __init__(self, full: nn.Linear, *, tp_rank: int, tp_size: int, group):
+    def __init__(self, full: nn.Linear, *, tp_rank: int, tp_size: int, group, weight: nn.Parameter | None = None):
         super().__init__()
         self.group = group
-        self.weight = _shard(full.weight, 1, tp_rank, tp_size)
+        self.weight = weight if weight is not None else _shard(full.weight, 1, tp_rank, tp_size)
         # the bias is added once, after the reduction: replicated, not sharded
         self.bias = nn.Parameter(full.bias.detach().clone()) if full.bias is not None else None
 
@@ -56,10 +58,11 @@ class RowParallelLinear(nn.Module):
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, full: nn.Embedding, *, tp_rank: int, tp_size: int, group):
+    def __init__(self, full: nn.Embedding, *, tp_rank: int, tp_size: int, group,
+                 weight: nn.Parameter | None = None):
         super().__init__()
         self.group = group
-        self.weight = _shard(full.weight, 0, tp_rank, tp_size)
+        self.weight = weight if weight is not None else _shard(full.weight, 0, tp_rank, tp_size)
         self.vocab_start = tp_rank * self.weight.shape[0]
         self.vocab_end = self.vocab_start + self.weight.shape[0]
 

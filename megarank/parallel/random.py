@@ -3,7 +3,8 @@
 Two streams: the default torch generator, seeded the same on every TP rank, for dropout on replicated
 activations (embeddings, residual branches after the row-parallel reduce) so TP peers drop the same units;
 and a TP-local stream (seed + 2718 + tp_rank, Megatron's offset) for dropout inside the TP region, on the
-attention probabilities of each rank's own heads, so different heads get independent masks.
+attention probabilities of each rank's own heads, so different heads get independent masks (tensor_parallel.py
+sets each SelfAttention's rng_region hook to `fork`).
 """
 
 from __future__ import annotations

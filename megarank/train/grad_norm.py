@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megarank.models.roles import role_of
 from megarank.parallel.layout import ParallelLayout
 
 
@@ -22,10 +23,10 @@ def engine_reports_grad_norm(engine) -> bool:
 
 @torch.no_grad()
 def gradient_norm(model: nn.Module, layout: ParallelLayout) -> float:
-    """2-norm of the gradients the parameters hold now, over the whole model: a TP-sharded parameter (Megatron's
-    `tensor_model_parallel` attribute, set in parallel/layers.py) counts on every TP rank, a replicated one once."""
-    squares = [p.grad.double().pow(2).sum() for p in model.parameters()
-               if p.grad is not None and (layout.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+    """2-norm of the gradients the parameters hold now, over the whole model: a TP-sharded parameter (its role's
+    TP style is not 'replicated', megarank/models/roles.py) counts on every TP rank, a replicated one once."""
+    squares = [p.grad.double().pow(2).sum() for name, p in model.named_parameters()
+               if p.grad is not None and (layout.tp_rank == 0 or role_of(name).tp_style != "replicated")]
     device = next(model.parameters()).device
     total = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float64, device=device)
     if layout.tp_size > 1:

@@ -4,8 +4,8 @@ the attention ranks every analysis.every steps: the quantity weight decay acts o
     weight_norm/<group> = sqrt(Σ over the group's tensors of Σ w²)   (the groups of megarank/optim/groups.py)
     weight_norm/total   = the same over every trainable parameter
 
-Exact for the whole model under any layout. Tensor parallelism: a sharded parameter (column, row or vocab,
-megarank/parallel/tensor_parallel.py's param_shard_styles) contributes each TP rank's slice, summed over the
+Exact for the whole model under any layout. Tensor parallelism: a sharded parameter (its role's TP style
+column, row or vocab, megarank/models/roles.py) contributes each TP rank's slice, summed over the
 TP group; a replicated one (norm gains, row-parallel biases, ViT's class token and head) is whole on every TP
 rank and counted once, from TP rank 0. ZeRO-3: each parameter is gathered from its data-parallel partitions
 for the moment its squares are summed (deepspeed.zero.GatheredParameters, one tensor at a time, so memory
@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from megarank.config.schema import OptimConfig
+from megarank.models.roles import role_of
 from megarank.optim.groups import build_param_groups
 from megarank.parallel.layout import ParallelLayout
-from megarank.parallel.tensor_parallel import param_shard_styles
 
 
 @torch.no_grad()
@@ -36,7 +36,6 @@ def weight_norm_record(module: nn.Module, optim: OptimConfig, *, partitioned: bo
     partitioned: ZeRO-3 holds the parameters in partitions."""
     groups = build_param_groups(module, optim)  # the optimizer's groups, coverage checked as at start-up
     names = {id(param): name for name, param in module.named_parameters()}
-    styles = param_shard_styles(module)
     gather = None
     if partitioned:
         import deepspeed
@@ -46,7 +45,7 @@ def weight_norm_record(module: nn.Module, optim: OptimConfig, *, partitioned: bo
     squares = torch.zeros(len(groups), 2, dtype=torch.float64, device=device)
     for i, group in enumerate(groups):
         for param in group["params"]:
-            replicated = styles[names[id(param)]] == "replicated"
+            replicated = role_of(names[id(param)]).tp_style == "replicated"
             with gather([param]) if gather is not None else contextlib.nullcontext():
                 if replicated and layout.tp_rank != 0:
                     continue  # still inside the gather: under ZeRO-3 every rank joins every collective

@@ -1,6 +1,6 @@
-"""The ViT against references: shapes and pooling, linear patch embedding equal to an explicit unfold +
-matmul, the position table interpolated on load at a new image size (class slot kept), every parameter
-claimed by a decay role."""
+"""The ViT against references: shapes and pooling, the loss with label smoothing against F.cross_entropy's,
+linear patch embedding equal to an explicit unfold + matmul, the position table interpolated on load at a new
+image size (class slot kept), every parameter claimed by a decay role."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def test_shapes_and_loss(pooling, patch_embed):
     assert model(images).shape == (3, 10)
     assert model.pos_embed.shape == (1, 16 + (pooling == "cls"), 32)
     torch.testing.assert_close(model(images, labels), torch.nn.functional.cross_entropy(model(images), labels))
+
+
+def test_label_smoothing_is_the_constructors():
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="vit", n_layers=1, d_model=32, n_heads=4, image_size=8, patch_size=2, in_channels=1,
+                      n_classes=10)
+    model = ViT(cfg, label_smoothing=0.1)
+    with torch.no_grad():
+        model.head.weight.normal_()  # the zero head's uniform logits would hide the smoothing
+    images, labels = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
+    expected = torch.nn.functional.cross_entropy(model(images), labels, label_smoothing=0.1)
+    torch.testing.assert_close(model(images, labels), expected)
 
 
 def test_linear_patch_embedding_is_flattened_patches_times_weight():

@@ -5,14 +5,13 @@ L2 (Adam + L2): the step equals torch.optim.Adam on a gradient that gained wd·w
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
 
 from megarank.config import ExperimentConfig, ModelConfig
 from megarank.models.gpt import GPT
-from megarank.optim.groups import RULES
+from megarank.models.roles import role_of
 from megarank.train.distributed import init_distributed
 from megarank.train.engine import build_engine
 
@@ -32,7 +31,8 @@ def make_cfg(decoupled: bool, decay: bool) -> ExperimentConfig:
 
 
 def role(name: str) -> str:
-    return next(r.name for r in RULES if re.search(r.pattern, name))
+    """The decay group of the parameter called `name` (its role's, models/roles.py)."""
+    return role_of(name).decay_group
 
 
 def batch():

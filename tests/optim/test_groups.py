@@ -1,5 +1,6 @@
-"""Decay groups by role: every parameter claimed exactly once with its role's decay; a parameter no rule
-claims, or a required rule that claims nothing, is an error; the schedule matches the paper's formula."""
+"""Decay groups by role: every parameter claimed exactly once with its role's decay (the names of each group
+checked here by hand); a parameter of no role, or a required group that claims nothing, is an error; the
+schedule matches the paper's formula."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from torch import nn
 
 from megarank.config import ModelConfig, OptimConfig
+from megarank.errors import MegarankError
 from megarank.models.gpt import GPT
 from megarank.optim.groups import build_param_groups, describe_groups
 from megarank.optim.schedule import lr_multiplier
@@ -40,19 +42,27 @@ def test_every_parameter_in_exactly_one_role(bias, tie, position):
 def test_unclaimed_parameter_is_an_error():
     model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, seq_len=8, vocab_size=20))
     model.adapter = nn.Linear(4, 4)
-    with pytest.raises(ValueError, match="adapter.weight"):
+    with pytest.raises(MegarankError, match="'adapter.weight' has no role.*megarank/models/roles.py"):
         build_param_groups(model, OptimConfig())
 
 
-def test_rule_matching_nothing_is_an_error():
+def test_frozen_parameters_are_left_out():
+    model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, seq_len=8, vocab_size=20))
+    model.wte.weight.requires_grad_(False)
+    groups = build_param_groups(model, OptimConfig())
+    assert all(p is not model.wte.weight for g in groups for p in g["params"])
+
+
+def test_group_matching_nothing_is_an_error():
     class NoAttention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.mlp = nn.Module()
-            self.mlp.fc_in = nn.Linear(2, 2, bias=False)
+            self.blocks = nn.ModuleList([nn.Module()])
+            self.blocks[0].mlp = nn.Module()
+            self.blocks[0].mlp.fc_in = nn.Linear(2, 2, bias=False)
             self.ln_f = nn.LayerNorm(2)
 
-    with pytest.raises(ValueError, match="'attn' matched no parameter"):
+    with pytest.raises(MegarankError, match="'attn' matched no parameter"):
         build_param_groups(NoAttention(), OptimConfig())
 
 

@@ -1,12 +1,17 @@
 """Tensor-parallel layers and mappings in 2 real gloo processes against the full single-device layers:
 outputs, input gradients and (gathered) weight gradients equal within 1e-5; the vocab-parallel loss equals
 F.cross_entropy on the full logits, and so does it taken a chunk of tokens at a time (models/chunked_loss.py,
-gradients included); the TP dropout stream differs across TP ranks while the default one does not."""
+gradients included); the TP dropout stream differs across TP ranks while the default one does not. The TP plan
+read off the roles table against the plan written out by hand, and the step that applies it (in one process)
+against slices of the TP=1 weights."""
 
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
+
+import pytest
 
 import torch
 import torch.distributed as dist
@@ -136,12 +141,69 @@ def test_tp_layers_match_full_layers():
     mp.spawn(worker, args=(free_port(),), nprocs=TP, join=True)
 
 
-def test_the_plan_names_every_sharded_module_and_nothing_else():
-    from megarank.parallel.tensor_parallel import plan_style
+def test_the_plan_is_read_off_the_roles():
+    """tp_plan against the plan written out by hand: the GPT's q, k, v, fc_in column-, o, fc_out row-parallel,
+    the embedding and the head split by vocabulary; nothing of the ViT's is sharded."""
+    from megarank.config import ModelConfig
+    from megarank.models.gpt import GPT
+    from megarank.models.vit import ViT
+    from megarank.parallel.tensor_parallel import tp_plan
 
-    assert plan_style("lm_head") == "vocab_column" and plan_style("wte") == "vocab"
-    assert plan_style("blocks.3.attn") == "tp_dropout"
-    assert plan_style("blocks.3.attn.q_proj") == "column" and plan_style("blocks.3.attn.o_proj") == "row"
-    assert plan_style("blocks.3.mlp.fc_in") == "column" and plan_style("blocks.3.mlp.fc_out") == "row"
-    for replicated in ("head", "blocks.3.ln_1", "ln_f", "wpe", "patch_embed.proj", "blocks.3.mlp"):
-        assert plan_style(replicated) is None, replicated
+    gpt = GPT(ModelConfig(n_layers=2, d_model=16, n_heads=2, seq_len=8, vocab_size=20, bias=True))
+    per_block = {"attn.q_proj": "column", "attn.k_proj": "column", "attn.v_proj": "column", "attn.o_proj": "row",
+                 "mlp.fc_in": "column", "mlp.fc_out": "row"}
+    expected = {"wte": "vocab", **{f"blocks.{i}.{m}": s for i in range(2) for m, s in per_block.items()},
+                "lm_head": "vocab"}
+    assert tp_plan(gpt) == expected
+    vit = ViT(ModelConfig(family="vit", n_layers=1, d_model=16, n_heads=2, image_size=8, patch_size=4,
+                          n_classes=5))
+    assert {name for name in tp_plan(vit)} == {f"blocks.0.{m}" for m in per_block}  # the shared block only
+
+
+def test_a_style_the_module_cannot_take_is_an_error(monkeypatch):
+    from megarank.errors import MegarankError
+    from megarank.models import roles
+    from megarank.parallel.tensor_parallel import tp_plan
+
+    conv = roles.Role("patch_embed", "other", "column", "normal")
+    monkeypatch.setattr(roles, "_COMPILED", ((re.compile(r"patch_embed\.proj\.weight"), conv),) + roles._COMPILED)
+    model = nn.Module()
+    model.patch_embed = nn.Module()
+    model.patch_embed.proj = nn.Conv2d(1, 4, 2, bias=False)
+    with pytest.raises(MegarankError, match="'patch_embed.proj.weight' has TP style 'column'.*Conv2d cannot take"):
+        tp_plan(model)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_apply_tensor_parallel_shards_by_role(tie):
+    """The step on one process as TP rank 1 of 2 (construction needs no collective): each planned module is
+    its parallel layer holding rank 1's slice of the TP=1 weight, a tied head shares the embedding's shard,
+    the loss and the attention dropout's RNG hooks are set, and everything else is untouched."""
+    from types import SimpleNamespace
+
+    from megarank.config import ModelConfig
+    from megarank.models.gpt import GPT
+    from megarank.parallel.tensor_parallel import apply_tensor_parallel
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, seq_len=8, vocab_size=20, bias=True,
+                            tie_embeddings=tie))
+    full = {name: p.detach().clone() for name, p in model.named_parameters()}
+    layout = SimpleNamespace(tp_size=TP, tp_rank=1, tp_group=None)
+    rng = apply_tensor_parallel(model, layout, seed=0, device=torch.device("cpu"))
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert isinstance(attn.q_proj, ColumnParallelLinear) and isinstance(mlp.fc_in, ColumnParallelLinear)
+    assert isinstance(attn.o_proj, RowParallelLinear) and isinstance(mlp.fc_out, RowParallelLinear)
+    assert isinstance(model.wte, VocabParallelEmbedding) and isinstance(model.lm_head, ColumnParallelLinear)
+    assert isinstance(model.ln_f, nn.LayerNorm) and isinstance(model.wpe, nn.Embedding)
+    assert (model.lm_head.weight is model.wte.weight) == tie
+    sharded = dict(model.named_parameters())
+    torch.testing.assert_close(sharded["blocks.0.attn.q_proj.weight"], full["blocks.0.attn.q_proj.weight"][8:])
+    torch.testing.assert_close(sharded["blocks.0.attn.q_proj.bias"], full["blocks.0.attn.q_proj.bias"][8:])
+    torch.testing.assert_close(sharded["blocks.0.mlp.fc_out.weight"], full["blocks.0.mlp.fc_out.weight"][:, 32:])
+    torch.testing.assert_close(sharded["blocks.0.mlp.fc_out.bias"], full["blocks.0.mlp.fc_out.bias"])  # whole
+    torch.testing.assert_close(sharded["wte.weight"], full["wte.weight"][10:])
+    if not tie:
+        torch.testing.assert_close(sharded["lm_head.weight"], full["lm_head.weight"][10:])
+    assert model.loss_fn.func is vocab_parallel_cross_entropy and model.loss_fn.keywords["vocab_start"] == 10
+    assert attn.rng_region == rng.fork

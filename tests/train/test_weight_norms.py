@@ -1,21 +1,19 @@
 """The per-group weight norms logged during training (megarank/train/weight_norms.py) against the same norms
 computed offline from the final checkpoint's weights: one process (ZeRO-1), and two processes at TP=2 under
 ZeRO-3 (sharded parameters summed over the TP ranks, replicated ones counted once, partitioned ones gathered),
-read back through megarank-rank's checkpoint reader (DeepSpeed's zero_to_fp32 for ZeRO-3). The groups are
-recomputed here from the rule table, first match wins, and the TP layout from the TP plan."""
+read back through megarank-rank's checkpoint reader (DeepSpeed's zero_to_fp32 for ZeRO-3). Each tensor's group
+and TP layout are read here from the roles table, and a replicated tensor is checked equal on every TP rank."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 
 from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint, read_marker, resolve_tag
 from megarank.ckpt.tags import COMPLETE_MARKER
-from megarank.optim.groups import RULES
-from megarank.parallel.tensor_parallel import TP_PLAN
+from megarank.models.roles import role_of
 from tests.helpers import read_metrics, run_training
 
 GROUPS = ("no_decay", "attn", "mlp", "other")
@@ -33,9 +31,7 @@ def offline_norms(run_dir) -> dict[str, float]:
     squares = dict.fromkeys(GROUPS, 0.0)
     with MegarankCheckpoint(tag, names=names) as checkpoint:
         for name in names:
-            group = next(rule.name for rule in RULES if re.search(rule.pattern, name))
-            module = name.rpartition(".")[0]
-            sharded = any(module == suffix or module.endswith("." + suffix) for suffix in TP_PLAN)
+            group, sharded = role_of(name).decay_group, role_of(name).tp_style != "replicated"
             shards = [checkpoint.tensor(t, name).double() for t in range(meta["tp"])]
             if not sharded:  # whole on every TP rank
                 for shard in shards[1:]:
