@@ -1,4 +1,5 @@
-"""`megarank-rank`: the rank structure of every attention head of a checkpoint (PAPER.md, Figures 3 and 4).
+"""`megarank-rank`: the rank structure of every attention head of a checkpoint (Figures 3 and 4; docs/paper.md,
+"Per-head products and how megarank measures them").
 
     megarank-rank PATH --out DIR [--rtol 0.01] [--atol 0.001] [--weights module|fp32] [--plot-layers 0,5]
     megarank-rank compare PATH PATH ... --out DIR [--x auto|wd_attn|step|index] [--all-steps]
@@ -17,9 +18,10 @@ from pathlib import Path
 import torch
 
 from megarank.analysis.compare import X_CHOICES, write_compare
-from megarank.analysis.readers import megarank_ckpt, open_source
+from megarank.analysis.readers import open_source
 from megarank.analysis.report import analyse, write_report
 from megarank.analysis.spectra import DEFAULT_ATOL, DEFAULT_RTOL, QR_METHODS
+from megarank.ckpt.resolve import looks_like_checkpoint, tags_at
 from megarank.errors import MegarankError
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -126,8 +128,8 @@ def run_compare(argv: list[str]) -> int:
     _check(args)
     paths = []
     for path in args.paths:
-        if args.all_steps and megarank_ckpt.looks_like(path):
-            paths.extend(megarank_ckpt.all_tags(path))
+        if args.all_steps and looks_like_checkpoint(path):
+            paths.extend(tags_at(path))
         else:
             paths.append(path)
     tables = [_analyse_path(path, args)[0] for path in paths]

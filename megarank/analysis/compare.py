@@ -5,7 +5,7 @@
     compare.json  the same plus each checkpoint's per-layer means and settings (strict JSON, NaN as null)
     compare.png   mean rank and effective rank against x: wd_attn when the checkpoints differ in it, else the
                   step when they differ in that, else their order on the command line
-Written like report.py's files (temp name, then rename; compare.json last).
+Each written whole or not at all (megarank/files.py), compare.json last.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 
 from megarank import __version__
-from megarank.analysis.report import RankTable, atomic_write, json_ready, write_csv, write_figure
+from megarank.analysis.report import RankTable, json_ready, write_csv, write_figure
 from megarank.analysis.spectra import METRICS, PRODUCTS
 from megarank.errors import MegarankError
+from megarank.files import atomic_write_text
 
 COMPARE_COLUMNS = ("source", "label", "family", "step", "wd_attn", "wd_mlp", "product", *METRICS)
 X_CHOICES = ("auto", "wd_attn", "step", "index")
@@ -96,5 +97,5 @@ def write_compare(tables: list[RankTable], out_dir: Path, *, x: str = "auto", pl
     document = {"tool": "megarank-rank compare", "version": __version__, "x": x_name, "rows": rows,
                 "checkpoints": [table.summary([]) for table in tables], "files": [p.name for p in written]}
     text = json.dumps(json_ready(document), indent=2)
-    atomic_write(summary, lambda f: f.write(text + "\n"))
+    atomic_write_text(summary, text + "\n")
     return [*written, summary]

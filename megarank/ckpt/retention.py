@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from megarank.ckpt.tags import COMPLETE_MARKER, all_tags, universal_companion
+from megarank.ckpt.tags import COMPLETE_MARKER, all_tags, is_complete, universal_companion
 
 
 def steps_to_remove(complete: Sequence[int], newest: int, keep_last: int, keep_every: int) -> list[int]:
@@ -31,7 +31,7 @@ def prune(ckpt_dir: Path, newest: int, keep_last: int, keep_every: int) -> list[
     if keep_last == 0:
         return []
     tags = all_tags(ckpt_dir)
-    complete = [step for step, tag in tags if (tag / COMPLETE_MARKER).is_file()]
+    complete = [step for step, tag in tags if is_complete(tag)]
     doomed = set(steps_to_remove(complete, newest, keep_last, keep_every))
     doomed |= {step for step, tag in tags if step < newest and step not in complete}
     removed = [tag for step, tag in tags if step in doomed]

@@ -2,29 +2,27 @@
 
 Layout of checkpoint.dir (DeepSpeed's, so its tools such as zero_to_fp32.py read it):
     global_step<N>/              one tag per save: DeepSpeed's model/optimizer shards, rng_rank<R>.pt
-        megarank_complete.json   the completion marker, written last by rank 0 once every rank's files are on disk
+        megarank_complete.json   the completion marker (marker.py), written last by rank 0 once every rank's
+                                 files are on disk
     global_step<N>_universal/    DeepSpeed's universal (layout-free) form of a tag, made for a resume at another
                                  data-parallel size; it gets its own marker
     latest                       name of the newest complete tag (DeepSpeed's tools read it)
 
-The marker (JSON): step, time, layout {tp, dp, world_size}, zero_stage, config (the resolved YAML), data (the
-training data's identity) and files, {relative path: {size, sha256}} of every other file of the tag
-(manifest.py; markers written before it have no files and cannot be verified). A tag without a marker was
-cut short mid-save and is never read.
+A tag without a marker was cut short mid-save and is never read. Which tags a user's path designates (a run
+dir, a checkpoint dir, a tag): resolve.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 
-import yaml
+from megarank.ckpt.marker import COMPLETE_MARKER
+from megarank.files import atomic_write_text
 
-from megarank.errors import MegarankError
+__all__ = ["COMPLETE_MARKER", "LATEST", "TAG_PATTERN", "all_tags", "complete_checkpoints", "is_complete", "tag_for",
+           "universal_companion", "write_latest"]
 
-COMPLETE_MARKER = "megarank_complete.json"
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 
@@ -38,8 +36,13 @@ def universal_companion(tag_dir: Path) -> Path:
     return tag_dir.with_name(tag_dir.name + "_universal")
 
 
+def is_complete(tag_dir: Path) -> bool:
+    """True once the tag's marker is written."""
+    return (tag_dir / COMPLETE_MARKER).is_file()
+
+
 def all_tags(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """(step, tag dir) of every tag, complete or cut short, oldest first."""
+    """(step, tag dir) of every tag in ckpt_dir, complete or cut short, oldest first."""
     if not ckpt_dir.is_dir():
         return []
     found = []
@@ -52,54 +55,8 @@ def all_tags(ckpt_dir: Path) -> list[tuple[int, Path]]:
 
 def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """(step, tag dir) of every complete checkpoint (its marker written), oldest first."""
-    return [(step, tag) for step, tag in all_tags(ckpt_dir) if (tag / COMPLETE_MARKER).is_file()]
-
-
-def checkpoint_dir_of(path: Path) -> Path:
-    """The checkpoint.dir that `path` designates: itself when it holds tags or `latest`; for a run dir, the
-    checkpoint.dir its config.yaml names, else <run dir>/checkpoints."""
-    if (path / LATEST).is_file() or any(TAG_PATTERN.match(child.name) for child in path.iterdir()):
-        return path
-    config = path / "config.yaml"
-    if config.is_file():
-        try:
-            configured = (yaml.safe_load(config.read_text()) or {}).get("checkpoint", {}).get("dir")
-        except yaml.YAMLError as err:
-            raise MegarankError(f"'{config}' is not valid YAML ({str(err).splitlines()[0]})") from None
-        if configured and Path(configured).is_dir():
-            return Path(configured)
-    return path / "checkpoints"
-
-
-def load_marker(tag_dir: Path) -> dict:
-    """The tag's completion marker, as written."""
-    path = tag_dir / COMPLETE_MARKER
-    try:
-        marker = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise MegarankError(f"'{path}' cannot be read as a checkpoint marker ({err})") from None
-    if not isinstance(marker, dict):
-        raise MegarankError(f"'{path}' is not a checkpoint marker (a JSON object)")
-    return marker
-
-
-def write_marker(tag_dir: Path, marker: dict) -> None:
-    """Commit the tag: once this file exists, resume and the offline tools read the tag."""
-    _atomic_write_text(tag_dir / COMPLETE_MARKER, json.dumps(marker, indent=2))
+    return [(step, tag) for step, tag in all_tags(ckpt_dir) if is_complete(tag)]
 
 
 def write_latest(ckpt_dir: Path, tag: str) -> None:
-    _atomic_write_text(ckpt_dir / LATEST, tag)
-
-
-def saved_layout(tag_dir: Path) -> dict:
-    """{'tp', 'dp', 'world_size', 'zero_stage'} of the run that wrote this checkpoint."""
-    marker = load_marker(tag_dir)
-    return {**marker["layout"], "zero_stage": marker["zero_stage"]}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # a reader (or a kill) never sees half a marker: the rename is atomic on POSIX file systems
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(ckpt_dir / LATEST, tag)

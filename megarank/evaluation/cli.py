@@ -1,4 +1,5 @@
-"""`megarank-eval`: perplexity of a GPT checkpoint over every token of a split (PAPER.md, Table 1).
+"""`megarank-eval`: perplexity of a GPT checkpoint over every token of a split (Table 1; docs/paper.md,
+"### lm-sweep (Table 1, Fig 3)").
 
     megarank-eval PATH [--split val|test] [--data DIR] [--out FILE] [--batch-size 8] [--device cpu]
                        [--weights module|fp32] [--no-progress]
@@ -16,15 +17,14 @@ stderr and exits 2, with nothing written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from megarank.analysis.readers.megarank_ckpt import looks_like, resolve_tag
-from megarank.analysis.report import atomic_write
+from megarank.ckpt.resolve import looks_like_checkpoint, resolve_tag
 from megarank.errors import MegarankError
+from megarank.files import atomic_write_json
 from megarank.evaluation.perplexity import SPLITS, evaluate_checkpoint
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             raise MegarankError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise MegarankError(f"--device {args.device}: no CUDA device is available; use --device cpu")
-        if not looks_like(args.path):
+        if not looks_like_checkpoint(args.path):
             raise MegarankError(f"'{args.path}' is not a megarank checkpoint: pass a run dir, its checkpoint dir "
                                 "or a global_step<N> tag")
         out = args.out if args.out is not None else default_out(args.path, args.split)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(json.dumps(result, indent=2) + "\n"))
+    atomic_write_json(out, result)
     print(f"{result['checkpoint']} (step {result['step']}), {result['split']} split of {result['data']}: "
           f"{result['tokens']} tokens, loss {result['loss']:.4f}, ppl {result['ppl']:.2f}")
     print(f"wrote {out}")

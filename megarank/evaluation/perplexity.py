@@ -31,7 +31,7 @@ from megarank.data.shards import TokenShards
 from megarank.data.stdlib_corpus import (StdlibDataset, ensure_stdlib_dataset, ensure_stdlib_test_split,
                                          stdlib_dataset_location)
 from megarank.errors import MegarankError
-from megarank.evaluation.load import load_gpt, open_checkpoint
+from megarank.evaluation.load import eval_model_config, load_gpt, open_checkpoint
 
 SPLITS = ("val", "test")
 
@@ -144,10 +144,11 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data: str | Pa
     `split`; returns what megarank-eval writes to its JSON file."""
     if batch_size < 1:
         raise MegarankError(f"batch size must be at least 1, got {batch_size}")
-    _, _, config = open_checkpoint(path)  # metadata only: bad input fails before any data is built
-    directory = split_dir(config["data"], split, data, progress=progress)
+    _, marker = open_checkpoint(path)  # metadata only: bad input fails before any data is built
+    data_cfg = marker.section("data")
+    directory = split_dir(data_cfg, split, data, progress=progress)
     shards = TokenShards(directory)
-    check_tokenizer(shards, config["data"], int(config["model"]["vocab_size"]), other_data=data is not None)
+    check_tokenizer(shards, data_cfg, eval_model_config(marker).vocab_size, other_data=data is not None)
     loaded = load_gpt(path, weights=weights, device=device)
     seq_len = loaded.model.cfg.seq_len
     result = perplexity(loaded.model, shards, seq_len=seq_len, batch_size=batch_size, device=device,

@@ -9,11 +9,16 @@ cut short or went further.
 
 A resume checks the tag's files against the marker first, the ranks sharing the hashing, and every rank
 decides from the same gathered verdicts, so all resume from the same tag.
+
+Room: a save is refused before anything is written when checkpoint.dir has less free space than the previous
+checkpoint took (rank 0 measures, every rank stops alike); a save that runs out of space anyway ends with one
+line naming the directory, its free space and the size a checkpoint needs (megarank/ckpt/space.py).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -27,13 +32,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megarank.ckpt import space
 from megarank.ckpt.manifest import (Problem, Verdict, build_file_records, combine, file_records, file_sizes,
                                     hash_files, split_by_size, verify_tag)
+from megarank.ckpt.marker import Marker
 from megarank.ckpt.retention import prune, remove_tag
-from megarank.ckpt.tags import (COMPLETE_MARKER, complete_checkpoints, load_marker, saved_layout, tag_for,
-                                universal_companion, write_latest, write_marker)
+from megarank.ckpt.tags import (COMPLETE_MARKER, complete_checkpoints, is_complete, tag_for, universal_companion,
+                                write_latest)
 from megarank.config.schema import CheckpointConfig
-from megarank.errors import MegarankError
+from megarank.errors import CollectiveError, MegarankError
+from megarank.models.roles import model_roles, tensor_records
 
 log = logging.getLogger("megarank")
 
@@ -82,7 +90,7 @@ def _resume_candidates(resume: str, ckpt_dir: Path) -> list[Path]:
     if resume == "auto":
         return [tag for _, tag in reversed(complete_checkpoints(ckpt_dir))]
     tag_dir = Path(resume)
-    if not (tag_dir / COMPLETE_MARKER).is_file():
+    if not is_complete(tag_dir):
         raise MegarankError(f"train.resume='{resume}' is not a complete megarank checkpoint (no {COMPLETE_MARKER}); "
                             f"point it at a global_step<N> directory or use train.resume=auto")
     return [tag_dir]
@@ -125,15 +133,14 @@ def _verified_together(tag_dir: Path) -> Verdict:
 def universal_checkpoint_info(model, vocab_size: int) -> dict:
     """Client state that lets DeepSpeed's ds_to_universal re-shard this checkpoint for another layout: which
     parameters are split by rows (dim 1) or by vocabulary, and which are replicated across TP ranks (the rest
-    are split by columns). Patterns are exact names: DeepSpeed requires each one to match."""
+    are split by columns), read off the roles table. Patterns are exact names: DeepSpeed requires each one to
+    match."""
     from deepspeed.checkpoint import constants as c
 
-    from megarank.parallel.tensor_parallel import param_shard_styles
-
-    styles = param_shard_styles(model)
+    roles = model_roles(model)
 
     def names(style: str) -> list[str]:
-        return [re.escape(n) + "$" for n, s in styles.items() if s == style]
+        return [re.escape(n) + "$" for n, role in roles.items() if role.tp_style == style]
 
     return {c.UNIVERSAL_CHECKPOINT_INFO: {
         c.UNIVERSAL_CHECKPOINT_VERSION_KEY: c.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
@@ -162,34 +169,52 @@ def _set_rng_state(state: dict) -> None:
 def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta: dict, tp_rng=None,
                     retention: CheckpointConfig | None = None) -> Path:
     """Collective: every rank writes its shards; the tag becomes visible to resume only when all have, with
-    every file's size and sha256 in its marker. retention: the keep_last / keep_every policy applied after."""
+    every file's size and sha256 and every parameter's role and global shape in its marker. meta: the marker's
+    layout, zero_stage, config and data. retention: the keep_last / keep_every policy applied after.
+
+    Stops before writing (every rank, a CollectiveError) when the previous checkpoint's size says this one will
+    not fit, and ends with one line (a MegarankError) when the disk fills during the save."""
     rank = dist.get_rank()
     tag = tag_for(step)
     tag_dir = ckpt_dir / tag
+    tensors = tensor_records(engine.module, meta["layout"]["tp"])
+    need = None
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         # a leftover (cut short, or from an attempt that went further) goes with its universal form, which
         # would otherwise be reused for this step's resume at another layout with the old weights
         if tag_dir.exists() or universal_companion(tag_dir).exists():
-            if (tag_dir / COMPLETE_MARKER).is_file():  # this run branched off an older tag: say what it replaces
+            if is_complete(tag_dir):  # this run branched off an older tag: say what it replaces
                 log.warning("replacing checkpoint %s, saved by an earlier attempt that went further", tag)
             remove_tag(tag_dir)
-    dist.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    tag_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tag_dir / f".rng_rank{rank}.pt.tmp"
-    torch.save({**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}, tmp)
-    os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
-    dist.barrier()
-    files = _file_records_together(tag_dir)
-    if rank == 0:
-        write_marker(tag_dir, {"step": step, "time": time.time(), **meta, "files": files})
-        write_latest(ckpt_dir, tag)
-        if retention is not None:
-            removed = prune(ckpt_dir, step, retention.keep_last, retention.keep_every)
-            if removed:
-                log.info("removed %s (checkpoint.keep_last=%d, keep_every=%d)", ", ".join(t.name for t in removed),
-                         retention.keep_last, retention.keep_every)
+        need = space.previous_need(ckpt_dir, step)
+    refusal = [space.too_little_room(ckpt_dir, need, tag) if need is not None else None]
+    dist.broadcast_object_list(refusal, src=0)  # also holds every rank until rank 0 has cleared the tag
+    if refusal[0] is not None:
+        raise CollectiveError(refusal[0])
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tag_dir / f".rng_rank{rank}.pt.tmp"
+        torch.save({**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}, tmp)
+        os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
+        dist.barrier()
+        files = _file_records_together(tag_dir)
+        if rank == 0:
+            marker = Marker.from_json({"step": step, "time": time.time(), **meta, "files": files, "tensors": tensors})
+            marker.write(tag_dir)
+            write_latest(ckpt_dir, tag)
+    except (OSError, RuntimeError) as err:
+        need = need or space.previous_need(ckpt_dir, step) or space.estimated_need(
+            sum(math.prod(record["shape"]) for record in tensors.values()))
+        if space.is_out_of_space(err, ckpt_dir, need):
+            raise space.out_of_space(ckpt_dir, need, tag) from err
+        raise
+    if rank == 0 and retention is not None:
+        removed = prune(ckpt_dir, step, retention.keep_last, retention.keep_every)
+        if removed:
+            log.info("removed %s (checkpoint.keep_last=%d, keep_every=%d)", ", ".join(t.name for t in removed),
+                     retention.keep_last, retention.keep_every)
     dist.barrier()
     return tag_dir
 
@@ -213,7 +238,8 @@ def needs_universal(tag_dir: Path, tp: int, dp: int, zero_stage: int) -> bool:
     """True when the checkpoint was written at another layout: ZeRO shards then need re-partitioning through
     DeepSpeed's universal checkpoint (ZeRO-1/2). Changing TP, the ZeRO stage, or the data-parallel size under
     ZeRO-3 is refused with the layout to relaunch at."""
-    saved = saved_layout(tag_dir)
+    marker = Marker.read(tag_dir)
+    saved = {"tp": marker.layout.tp, "dp": marker.layout.dp, "zero_stage": marker.zero_stage}
     if saved["tp"] != tp:
         raise MegarankError(f"checkpoint '{tag_dir}' was written at parallel.tp={saved['tp']}, this run has tp={tp}; "
                             f"resume with parallel.tp={saved['tp']} (only the data-parallel size may change)")
@@ -232,7 +258,7 @@ def needs_universal(tag_dir: Path, tp: int, dp: int, zero_stage: int) -> bool:
 def universal_dir(tag_dir: Path) -> Path:
     """DeepSpeed's universal (layout-free) form of a tag, made once by rank 0 with ds_to_universal, atomically."""
     target = universal_companion(tag_dir)
-    if dist.get_rank() == 0 and not (target / COMPLETE_MARKER).is_file():
+    if dist.get_rank() == 0 and not is_complete(target):
         tmp = tag_dir.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
@@ -241,7 +267,7 @@ def universal_dir(tag_dir: Path) -> Path:
         if proc.returncode != 0:
             raise MegarankError(f"converting '{tag_dir}' to a universal checkpoint failed: "
                                 f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        write_marker(tmp, {**load_marker(tag_dir), "files": build_file_records(tmp)})
+        Marker.read(tag_dir).replace(files=build_file_records(tmp)).write(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     dist.barrier()

@@ -2,7 +2,8 @@
 checkpoint (tests/conftest.py `reference_run`) rebuilt as a GPT from the checkpoint's own config and analysed by
 naive SVD of every formed product. Also: which tag a path designates, TP=2 and TP=4 checkpoints cut from it
 the way megarank's TP plan shards the weights (each rank's heads analysed where they lie must give the TP=1
-numbers), the fp32 master copy, and bad input (one-line error naming the file, nothing written)."""
+numbers), the fp32 master copy, a marker from before tensor records (the roles table's styles by name: the same
+numbers), and bad input (one-line error naming the file, nothing written)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from megarank.analysis.cli import main
 from megarank.analysis.readers import open_source
-from megarank.analysis.readers.megarank_ckpt import all_tags, resolve_tag
 from megarank.analysis.report import analyse
+from megarank.ckpt.marker import Marker
+from megarank.ckpt.resolve import resolve_tag, tags_at
 from megarank.ckpt.tags import COMPLETE_MARKER
-from megarank.config.schema import ModelConfig
 from megarank.errors import MegarankError
 from megarank.models.gpt import GPT
-from megarank.parallel.tensor_parallel import param_shard_styles
+from megarank.models.roles import split_dim
 from tests.analysis.test_spectra import naive_head_products, naive_sv
 
 RTOL, ATOL = 1e-2, 1e-3
@@ -35,8 +35,7 @@ def tag(run: Path, step: int = 8) -> Path:
 
 def rebuilt_gpt(tag_dir: Path) -> GPT:
     """The single-process model: a GPT built from the checkpoint's config, loaded with its module weights."""
-    cfg = yaml.safe_load(json.loads((tag_dir / COMPLETE_MARKER).read_text())["config"])
-    model = GPT(ModelConfig(**cfg["model"]))
+    model = GPT(Marker.read(tag_dir).model_config())
     model.load_state_dict(torch.load(tag_dir / "mp_rank_00_model_states.pt", weights_only=True)["module"])
     return model
 
@@ -76,7 +75,7 @@ def test_paths_resolve_to_the_tag_they_designate(reference_run, tmp_path):
     for path in (reference_run, reference_run / "checkpoints", newest):
         assert resolve_tag(path) == newest
     assert resolve_tag(tag(reference_run, 4)) == tag(reference_run, 4)
-    assert all_tags(reference_run) == [tag(reference_run, 4), newest]
+    assert tags_at(reference_run) == [tag(reference_run, 4), newest]
     # without `latest`, the newest complete tag; a newer one cut short is skipped
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(reference_run / "checkpoints", ckpt)
@@ -87,28 +86,31 @@ def test_paths_resolve_to_the_tag_they_designate(reference_run, tmp_path):
         resolve_tag(ckpt / "global_step12")
 
 
-def cut_into_tp_shards(source_tag: Path, out: Path, tp: int) -> Path:
+def cut_into_tp_shards(source_tag: Path, out: Path, tp: int, *, old_marker: bool = False) -> Path:
     """A copy of a TP=1 tag with its module re-cut into tp mp_rank files the way megarank's TP writes them:
-    q/k/v and fc_in split by rows, o and fc_out by columns, the vocabulary split (TP_PLAN)."""
+    q/k/v and fc_in split by rows, o and fc_out by columns, the vocabulary split (the TP styles the marker
+    records, from the roles table). old_marker: its marker without tensor records, as the landed main wrote."""
     out.mkdir(parents=True)
     module = torch.load(source_tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    styles = param_shard_styles(rebuilt_gpt(source_tag))
+    records = Marker.read(source_tag).tensors
     for t in range(tp):
         local = {}
         for name, tensor in module.items():
-            style = styles.get(name, "replicated")
-            dim = {"column": 0, "vocab": 0, "row": 1}.get(style)
+            dim = split_dim(records[name].tp_style) if name in records else None  # a tied lm_head: wte's
             local[name] = tensor if dim is None else tensor.chunk(tp, dim)[t].clone()
         torch.save({"module": local}, out / f"mp_rank_{t:02d}_model_states.pt")
     marker = json.loads((source_tag / COMPLETE_MARKER).read_text())
     marker["layout"] = {"tp": tp, "dp": 1, "world_size": tp}
+    if old_marker:
+        del marker["tensors"]
     (out / COMPLETE_MARKER).write_text(json.dumps(marker))
     return out
 
 
-@pytest.mark.parametrize("tp", [2, 4])
-def test_tp_shards_give_the_tp1_numbers(tp, reference_run, tmp_path):
-    sharded = cut_into_tp_shards(tag(reference_run), tmp_path / "global_step8", tp)
+@pytest.mark.parametrize("tp, old_marker", [(2, False), (4, False), (2, True)])
+def test_tp_shards_give_the_tp1_numbers(tp, old_marker, reference_run, tmp_path):
+    sharded = cut_into_tp_shards(tag(reference_run), tmp_path / "global_step8", tp, old_marker=old_marker)
+    assert (Marker.read(sharded).tensors is None) == old_marker
     local = torch.load(sharded / "mp_rank_01_model_states.pt", weights_only=True)["module"]
     assert local["blocks.0.attn.q_proj.weight"].shape == (32 // tp, 32)  # each file really holds a slice
     table, reference = table_of(sharded), table_of(reference_run)

@@ -13,7 +13,7 @@ import pytest
 from megarank.ckpt import manifest
 from megarank.ckpt.manifest import (build_file_records, combine, file_sizes, sha256_of, split_by_size,
                                     verify_tag)
-from megarank.ckpt.tags import COMPLETE_MARKER, load_marker, write_marker
+from megarank.ckpt.marker import COMPLETE_MARKER, Layout, Marker
 
 
 def make_tag(root, sizes: dict[str, int]):
@@ -23,7 +23,8 @@ def make_tag(root, sizes: dict[str, int]):
     for name, size in sizes.items():
         (tag / name).parent.mkdir(parents=True, exist_ok=True)
         (tag / name).write_bytes(rng.randbytes(size))
-    write_marker(tag, {"step": 4, "files": build_file_records(tag)})
+    Marker(step=4, layout=Layout(tp=1, dp=1, world_size=1), zero_stage=1,
+           files=build_file_records(tag)).write(tag)
     return tag
 
 
@@ -40,7 +41,7 @@ def test_sha256_streams_in_chunks(tmp_path, monkeypatch):
 
 def test_records_hold_every_file_but_the_marker(tmp_path):
     tag = make_tag(tmp_path, SIZES)
-    records = load_marker(tag)["files"]
+    records = Marker.read(tag).files
     assert records == {name: {"size": size, "sha256": hashlib.sha256((tag / name).read_bytes()).hexdigest()}
                        for name, size in sorted(SIZES.items())}
     assert COMPLETE_MARKER not in file_sizes(tag)
@@ -95,10 +96,13 @@ def test_sizes_are_checked_before_anything_is_hashed(tmp_path, monkeypatch):
 def test_old_and_broken_markers(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
-    (old / COMPLETE_MARKER).write_text(json.dumps({"step": 4}))  # written before file records
+    old_marker = {"step": 4, "layout": {"tp": 1, "dp": 1, "world_size": 1}, "zero_stage": 1}
+    (old / COMPLETE_MARKER).write_text(json.dumps(old_marker))  # written before file records
     assert verify_tag(old).ok and not verify_tag(old).verifiable
     assert not combine([verify_tag(old), verify_tag(make_tag(tmp_path, SIZES))]).verifiable
-    (old / COMPLETE_MARKER).write_text('{"step": 4, "files": {"a.pt": {"size": "big"}}}')
+    (old / COMPLETE_MARKER).write_text(json.dumps({**old_marker, "files": {"a.pt": {"size": "big"}}}))
     assert verify_tag(old).problem.reason == "has a malformed 'files' record"
     (old / COMPLETE_MARKER).write_text('{"step": 4, ')
     assert verify_tag(old).problem.file == COMPLETE_MARKER
+    (old / COMPLETE_MARKER).write_text(json.dumps({"step": 4}))  # no layout: not a marker megarank wrote
+    assert verify_tag(old).problem.reason == "is not a valid megarank checkpoint marker (no valid 'layout')"

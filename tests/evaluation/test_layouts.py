@@ -3,7 +3,8 @@ CPU, gloo) with the tiny GPT's seed, data and schedule (8 steps: the LR schedule
 evaluated at their last step, against the 1-process ZeRO-1 `reference_run`'s last checkpoint (step 8):
 
 - ZeRO-3 over 2 data-parallel ranks (module weights rebuilt from the partitions by zero_to_fp32);
-- TP=2 (each rank holds half the heads, half the MLP and half the vocabulary, merged by param_shard_styles).
+- TP=2 (each rank holds half the heads, half the MLP and half the vocabulary, merged by the TP styles the
+  checkpoint's marker records).
 
 The runs train the same model on the same batches, so their weights agree to the tolerance the suite uses for
 these layouts (1e-5 relative, tests/parallel/test_tensor_parallel.py), and so must the merged GPT and its loss.

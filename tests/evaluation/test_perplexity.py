@@ -3,6 +3,7 @@
 - the windows tile the split: every token but the first is a target exactly once, for any length and seq_len;
 - the perplexity equals a direct reference: the GPT rebuilt by hand from the training config, the checkpoint's
   state dict loaded as saved, each window scored alone through the model's own training loss (mean × length);
+- a checkpoint whose marker lacks tensor records (as the landed main wrote them) evaluates to the same loss;
 - the CLI writes the JSON it documents, where it documents (beside the run), for val and for a test split;
 - bad input (not a checkpoint, a ViT, a missing split, data from another tokenizer) prints one `error:` line,
   exits 2 and writes nothing.
@@ -81,6 +82,17 @@ def test_matches_direct_reference(reference_run, tiny_corpus):
     # the batch size only groups windows: the same sum up to float32 rounding inside each forward pass
     again = evaluate_checkpoint(reference_run, split="val", batch_size=64, progress=False)
     assert again["tokens"] == result["tokens"] and again["loss"] == pytest.approx(result["loss"], rel=1e-6)
+
+
+def test_a_marker_without_tensor_records_evaluates_the_same(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir, ignore=shutil.ignore_patterns("eval_*.json"))
+    marker_file = run_dir / "checkpoints" / "global_step8" / COMPLETE_MARKER
+    marker = json.loads(marker_file.read_text())
+    del marker["tensors"]
+    marker_file.write_text(json.dumps(marker))
+    old, new = (evaluate_checkpoint(run, split="val", progress=False) for run in (run_dir, reference_run))
+    assert old["tokens"] == new["tokens"] and old["loss"] == new["loss"]
 
 
 def test_cli_writes_eval_json_beside_the_run(reference_run, tmp_path, capsys):

@@ -3,18 +3,21 @@ steps 4 and 8).
 
 A changed train.global_batch continues from the samples consumed: through the task, the sequences of the
 resumed steps equal the straight run's at the same sampler positions; in a real run the logged and saved
-consumed_samples continue across the resume. Settings that cannot continue (sequence length, model shape,
-training data, tokenizer) are refused against the reference's real completion marker, and through
-megarank-train in one line with exit 2.
+consumed_samples continue across the resume. Settings that cannot continue (sequence length, model shape or
+function, weight decay, training data, tokenizer) are refused against the reference's real completion marker
+(and the same marker stripped to what the landed main wrote), and through megarank-train in one line with
+exit 2; the unchanged settings, and model.rope_base under learned positions (unused there), pass.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
+from megarank.ckpt.tags import COMPLETE_MARKER
 from megarank.config import load_config
 from megarank.errors import MegarankError
 from megarank.parallel.layout import ParallelLayout
@@ -63,13 +66,46 @@ def test_doubled_global_batch_resume_continues_consumed_samples(reference_run, t
     ("model.d_model=64", "trained with model.d_model=32; this run has 64"),
     ("model.tie_embeddings=false", "trained with model.tie_embeddings=true; this run has false"),
     ("seed=7", "trained with seed=1234; this run has 7"),
+    ("model.norm_eps=1e-6", "trained with model.norm_eps=1e-05; this run has 1e-06"),
+    ("optim.wd_attn=0.2", "trained with optim.wd_attn=0.1; this run has 0.2 — resume with optim.wd_attn=0.1 or "
+                          "start a new train.run_dir"),
+    ("optim.wd_mlp=0", "trained with optim.wd_mlp=0.05; this run has 0.0 — resume with optim.wd_mlp=0.05"),
+    ("optim.wd_other=0.1", "trained with optim.wd_other=0.01; this run has 0.1"),
+    ("optim.decoupled=false", "trained with optim.decoupled=true; this run has false"),
 ])
-def test_shape_and_seed_changes_are_refused(reference_run, override, expected):
+@pytest.mark.parametrize("marker", ["as written", "as the landed main wrote it"])
+def test_shape_function_decay_and_seed_changes_are_refused(reference_run, tmp_path, override, expected, marker):
     config, tag = reference_run / "config.yaml", reference_run / "checkpoints" / "global_step4"
+    if marker != "as written":  # no tensor records: the config alone decides, as for every older marker
+        tag = copy_marker(tag, tmp_path / "global_step4", drop=("tensors",))
     identity = task_with(config).data_identity
     check_resume(tag, load_config(config), identity)  # the saved settings themselves pass
+    check_resume(tag, load_config(config, ["model.rope_base=500"]), identity)  # learned positions: unused
     with pytest.raises(MegarankError, match=expected):
         check_resume(tag, load_config(config, [override]), identity)
+
+
+def copy_marker(source_tag, tag, *, drop=(), config_edit=("", "")):
+    """A tag holding only source_tag's marker, without the fields `drop`, its config text edited."""
+    marker = json.loads((source_tag / COMPLETE_MARKER).read_text())
+    for key in drop:
+        del marker[key]
+    marker["config"] = marker["config"].replace(*config_edit)
+    tag.mkdir(parents=True)
+    (tag / COMPLETE_MARKER).write_text(json.dumps(marker))
+    return tag
+
+
+def test_rope_base_change_is_refused_under_rotary_positions(reference_run, tmp_path):
+    config = reference_run / "config.yaml"
+    tag = copy_marker(reference_run / "checkpoints" / "global_step4", tmp_path / "global_step4",
+                      config_edit=("position: learned", "position: rotary"))
+    identity = task_with(config).data_identity
+    rotary = ["model.position=rotary"]
+    check_resume(tag, load_config(config, rotary), identity)
+    with pytest.raises(MegarankError, match="trained with model.rope_base=10000.0; this run has 500.0 — resume with "
+                                            "model.rope_base=10000.0"):
+        check_resume(tag, load_config(config, [*rotary, "model.rope_base=500"]), identity)
 
 
 @pytest.mark.parametrize("key, named", [("tokenizer_sha256", "data made with tokenizer sha256"),

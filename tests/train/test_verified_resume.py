@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from megarank.ckpt.manifest import split_by_size, verify_tag
-from megarank.ckpt.tags import COMPLETE_MARKER, load_marker
+from megarank.ckpt.marker import COMPLETE_MARKER, Marker
 from megarank.errors import MegarankError
 from megarank.train.checkpoint import resolve_resume
 from tests.helpers import run_training, train_losses, train_steps
@@ -68,7 +68,7 @@ def test_two_ranks_agree_on_skipping_a_truncated_checkpoint(tiny_corpus, tmp_pat
     run_training(run_dir, tiny_corpus, *common, nproc=2)
     first = train_losses(run_dir)
     tag = run_dir / "checkpoints" / "global_step4"
-    sizes = {name: r["size"] for name, r in load_marker(tag)["files"].items()}
+    sizes = {name: r["size"] for name, r in Marker.read(tag).files.items()}
     on_rank1 = split_by_size(sizes, 2)[1][0]  # only rank 1 hashes it at resume: the ranks must share verdicts
     (tag / on_rank1).write_bytes((tag / on_rank1).read_bytes()[:-1])
     resumed = run_training(run_dir, tiny_corpus, *common, nproc=2)
@@ -83,7 +83,7 @@ def test_two_ranks_agree_on_skipping_a_truncated_checkpoint(tiny_corpus, tmp_pat
 def test_old_markers_resume_unchecked_and_all_bad_is_an_error(reference_run, tmp_path, caplog):
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(reference_run / "checkpoints", ckpt)
-    marker = load_marker(ckpt / "global_step8")
+    marker = json.loads((ckpt / "global_step8" / COMPLETE_MARKER).read_text())
     del marker["files"]  # as written before file records
     (ckpt / "global_step8" / COMPLETE_MARKER).write_text(json.dumps(marker))
     with caplog.at_level(logging.WARNING, logger="megarank"):

@@ -103,20 +103,22 @@ def open_source(path: str | Path, *, weights: str = "module", n_heads: int | Non
     it does, a different value is refused. prefix: which attention stack of a safetensors model holding
     several (e.g. 'language_model.model.')."""
     from megarank.analysis.readers import hf_safetensors, megarank_ckpt
+    from megarank.ckpt.resolve import looks_like_checkpoint, resolve_tag
+    from megarank.ckpt.tags import COMPLETE_MARKER
 
     path = Path(path)
     if not path.exists():
         raise MegarankError(f"'{path}' does not exist")
-    if megarank_ckpt.looks_like(path):
+    if looks_like_checkpoint(path):
         if prefix is not None:
             raise MegarankError(f"'{path}' is a megarank checkpoint: its attention weights have fixed names, so "
                                 "--prefix does not apply; drop it")
-        return megarank_ckpt.MegarankCheckpoint(megarank_ckpt.resolve_tag(path), weights=weights, n_heads=n_heads)
+        return megarank_ckpt.MegarankCheckpoint(resolve_tag(path), weights=weights, n_heads=n_heads)
     if hf_safetensors.looks_like(path):
         if weights != "module":
             raise MegarankError(f"'{path}' is a safetensors model: it holds one copy of the weights, so "
                                 "--weights fp32 (ZeRO's master copy) does not apply; drop it")
         return hf_safetensors.SafetensorsModel(path, n_heads=n_heads, prefix=prefix)
     raise MegarankError(f"'{path}' is not a checkpoint: expected a megarank run or checkpoint directory "
-                        f"(global_step<N>/ with {megarank_ckpt.COMPLETE_MARKER}) or a Hugging Face directory "
+                        f"(global_step<N>/ with {COMPLETE_MARKER}) or a Hugging Face directory "
                         "with *.safetensors files")
