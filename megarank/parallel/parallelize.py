@@ -19,10 +19,7 @@ from megarank.parallel.compile import compile_blocks
 from megarank.parallel.layout import ParallelLayout
 from megarank.parallel.random import TPRandomState
 
-try:
-    from megarank.parallel.tensor_parallel import apply_tensor_parallel
-except ImportError:  # TODO(lead): temporary, until engineer "roles"' rename of parallelize lands; then drop this
-    from megarank.parallel.tensor_parallel import parallelize as apply_tensor_parallel
+from megarank.parallel.tensor_parallel import apply_tensor_parallel
 
 log = logging.getLogger("megarank")
 
@@ -32,7 +29,7 @@ def parallelize(model: nn.Module, layout: ParallelLayout, train: TrainConfig, ze
     """Apply TP, activation checkpointing and compile to `model` in place, as train.* and the layout ask;
     returns the TP-local RNG stream (saved with each checkpoint)."""
     # 1. Tensor parallelism: each TP rank keeps its slice of the sharded linears, embedding and LM head
-    #    (TP_PLAN in tensor_parallel.py); attention dropout draws from the TP-local stream returned here.
+    #    (by each parameter's role's TP style, models/roles.py); attention dropout draws from the TP-local stream returned here.
     tp_rng = apply_tensor_parallel(model, layout, seed=seed, device=device)
 
     # 2. Activation checkpointing: the chosen blocks keep only their input and recompute in backward,

@@ -111,10 +111,7 @@ class ImageTask:
         self.flops_per_item = tokens * (per_token + 12 * model.n_layers * tokens * model.d_model)
 
     def build_model(self) -> nn.Module:
-        model = ViT(self.model_cfg)
-        # TODO(lead): ViT(self.model_cfg, label_smoothing=...) once engineer "roles"' ViT takes the keyword
-        model.label_smoothing = self.train_cfg.label_smoothing
-        return model
+        return ViT(self.model_cfg, label_smoothing=self.train_cfg.label_smoothing)
 
     def _loader(self, dataset, batches) -> DataLoader:
         workers = self.data.num_workers

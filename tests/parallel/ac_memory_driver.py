@@ -17,7 +17,7 @@ from megarank.config import ModelConfig
 from megarank.models.gpt import GPT
 from megarank.parallel.activation_checkpointing import apply_activation_checkpointing
 from megarank.parallel.layout import build_layout
-from megarank.parallel.tensor_parallel import parallelize
+from megarank.parallel.tensor_parallel import apply_tensor_parallel
 from megarank.train.distributed import init_distributed
 
 out, mode = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
@@ -25,7 +25,7 @@ world = init_distributed()
 layout = build_layout(world.world_size)  # all processes are TP ranks
 torch.manual_seed(0)
 model = GPT(ModelConfig(n_layers=8, d_model=512, n_heads=8, seq_len=512, vocab_size=256)).train()
-rng = parallelize(model, layout, seed=0, device=world.device)
+rng = apply_tensor_parallel(model, layout, seed=0, device=world.device)
 apply_activation_checkpointing(model, mode, 2, rng)
 x = torch.randint(0, 256, (8, 512), generator=torch.Generator().manual_seed(1))
 model(x[:1, :8], x[:1, :8]).backward()  # warm up allocator and kernels on a tiny batch

@@ -14,7 +14,7 @@ from deepspeed.utils import safe_get_full_grad
 from megarank.config import gradient_accumulation_steps, load_config
 from megarank.models.gpt import GPT
 from megarank.parallel.layout import DeepSpeedMPU, build_layout
-from megarank.parallel.tensor_parallel import parallelize
+from megarank.parallel.tensor_parallel import apply_tensor_parallel
 from megarank.train.batches import micro_batch, open_text_data
 from megarank.train.distributed import init_distributed
 from megarank.train.engine import build_engine
@@ -29,7 +29,7 @@ data = open_text_data(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, show_p
 set_vocab_size(cfg, data.vocab_size)
 torch.manual_seed(cfg.seed)
 model = GPT(cfg.model)
-parallelize(model, layout, seed=cfg.seed, device=world.device)
+apply_tensor_parallel(model, layout, seed=cfg.seed, device=world.device)
 engine, _ = build_engine(model, cfg, grad_accum=grad_accum, device=world.device, mpu=DeepSpeedMPU(layout))
 for micro_step in range(grad_accum):
     x, y = micro_batch(data, batch_start=0, micro_step=micro_step, dp_rank=layout.dp_rank, dp_size=layout.dp_size,
