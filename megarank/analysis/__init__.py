@@ -1,5 +1,6 @@
-"""Rank analysis of attention (PAPER.md, "Measuring rank"): per layer and head, the spectrum of W_Q,hᵀW_K,h and
-W_O,h W_V,h and how balanced their factors are, from saved checkpoints or a model in memory.
+"""Rank analysis of attention (docs/paper.md, "Per-head products and how megarank measures them"): per layer
+and head, the spectrum of W_Q,hᵀW_K,h and W_O,h W_V,h and how balanced their factors are, from saved
+checkpoints or a model in memory.
 
     spectra.py   the factor trick (QR of both factors, SVD of the d_head × d_head core) and per-head metrics
     readers/     weights, one layer at a time: megarank/DeepSpeed checkpoints, Hugging Face safetensors

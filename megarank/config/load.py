@@ -107,7 +107,7 @@ def _did_you_mean(full_key: str, schema: type = ExperimentConfig) -> str:
     close = difflib.get_close_matches(full_key, siblings or candidates, n=1, cutoff=0.6)
     if not close:
         close = difflib.get_close_matches(full_key, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else "; see the config reference in README.md"
+    return f" (did you mean '{close[0]}'?)" if close else "; see docs/configuration.md"
 
 
 def valid_keys(cls: Any, prefix: str = "") -> list[str]:

@@ -1,5 +1,5 @@
-"""Learning-rate schedule of the paper (PAPER.md, Table 2): linear warm-up from warmup_start_lr to the peak,
-then cosine to min_lr_ratio * peak at max_steps.
+"""Learning-rate schedule of the paper (docs/paper.md, "lm-sweep": the paper's Table 2): linear warm-up from
+warmup_start_lr to the peak, then cosine to min_lr_ratio * peak at max_steps.
 
 Written as a LambdaLR rather than DeepSpeed's WarmupCosineLR because the latter sets lr = 0 for the very first
 optimizer step (it starts from last_batch_iteration = -1); LambdaLR applies step 0's value at construction.
