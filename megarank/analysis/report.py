@@ -29,7 +29,7 @@ from megarank import __version__
 from megarank.analysis.readers import ModelInfo, WeightSource
 from megarank.analysis.spectra import METRICS, PRODUCTS, head_metrics, layer_spectra
 from megarank.errors import MegarankError
-from megarank.files import atomic_write  # analysis/compare.py and evaluation/cli.py import it from here too
+from megarank.files import atomic_write
 
 COLUMNS = ("layer", "head", "product", *METRICS)
 _INTEGER = ("rank", "rank_atol")

@@ -27,6 +27,7 @@ from megarank.data.shards import FORMAT_VERSION, INDEX_NAME, ShardWriter, TokenS
 from megarank.data.sources import Part, part_texts, place_hash, source_parts
 from megarank.data.tokenizer import Tokenizer
 from megarank.errors import MegarankError
+from megarank.files import atomic_write_json
 
 SPLITS = ("train", "val", "test")
 PARTIAL_DIR = ".partial"
@@ -287,8 +288,5 @@ def _finish_split(staging: Path, out: Path, name: str, jobs: list[PartJob], reco
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write then rename: a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 

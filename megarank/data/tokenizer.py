@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
 from megarank.errors import MegarankError
+from megarank.files import atomic_write_bytes
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 # SentencePiece silently skips training sentences longer than max_sentence_length bytes, so documents are
@@ -75,14 +75,7 @@ def train_tokenizer(
             f"sentencepiece could not train a {model_type} vocab of {vocab_size} for {model_path} "
             f"({chunks.n_chars} chars of input): {detail}; change the vocab size or add text"
         ) from err
-    fd, tmp = tempfile.mkstemp(dir=model_path.parent, prefix=f".{model_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model_bytes.data)
-        os.replace(tmp, model_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(model_path, model_bytes.data)
     return model_path
 
 

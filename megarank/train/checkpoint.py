@@ -41,6 +41,7 @@ from megarank.ckpt.tags import (COMPLETE_MARKER, complete_checkpoints, is_comple
                                 write_latest)
 from megarank.config.schema import CheckpointConfig
 from megarank.errors import CollectiveError, MegarankError
+from megarank.files import atomic_write
 from megarank.models.roles import model_roles, tensor_records
 
 log = logging.getLogger("megarank")
@@ -195,9 +196,8 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, meta:
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
         tag_dir.mkdir(parents=True, exist_ok=True)
-        tmp = tag_dir / f".rng_rank{rank}.pt.tmp"
-        torch.save({**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}, tmp)
-        os.replace(tmp, tag_dir / f"rng_rank{rank}.pt")
+        rng = {**_rng_state(), "tp_dropout": tp_rng.state_dict() if tp_rng else None}
+        atomic_write(tag_dir / f"rng_rank{rank}.pt", lambda f: torch.save(rng, f), binary=True)
         dist.barrier()
         files = _file_records_together(tag_dir)
         if rank == 0:

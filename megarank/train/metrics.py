@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
+
+from megarank.files import atomic_write_text
 
 log = logging.getLogger("megarank")
 
@@ -46,9 +47,7 @@ class MetricsLogger:
                 continue
             if step_of_record <= step:
                 kept.append(line)
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict) -> None:
         """record holds 'step' and scalar values; each scalar also goes to TensorBoard under its key."""
