@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 
-from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint, read_marker, resolve_tag
-from megarank.ckpt.tags import COMPLETE_MARKER
+from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint
+from megarank.ckpt.marker import Marker
+from megarank.ckpt.resolve import resolve_tag
 from megarank.models.roles import role_of
 from tests.helpers import read_metrics, run_training
 
@@ -22,8 +23,8 @@ GROUPS = ("no_decay", "attn", "mlp", "other")
 def offline_norms(run_dir) -> dict[str, float]:
     """weight_norm/<group> and weight_norm/total from the run's final checkpoint, every TP rank's shards."""
     tag = resolve_tag(run_dir / "checkpoints")
-    meta = read_marker(tag / COMPLETE_MARKER)
-    states = tag / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if meta["zero_stage"] == 3
+    marker = Marker.read(tag)
+    states = tag / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if marker.zero_stage == 3
                     else "mp_rank_00_model_states.pt")
     names = list(torch.load(states, map_location="cpu", weights_only=False)["module"])
     assert "lm_head.weight" in names and "wte.weight" in names
@@ -32,7 +33,7 @@ def offline_norms(run_dir) -> dict[str, float]:
     with MegarankCheckpoint(tag, names=names) as checkpoint:
         for name in names:
             group, sharded = role_of(name).decay_group, role_of(name).tp_style != "replicated"
-            shards = [checkpoint.tensor(t, name).double() for t in range(meta["tp"])]
+            shards = [checkpoint.tensor(t, name).double() for t in range(marker.layout.tp)]
             if not sharded:  # whole on every TP rank
                 for shard in shards[1:]:
                     torch.testing.assert_close(shard, shards[0], rtol=0, atol=0)
