@@ -66,7 +66,8 @@ LAUNCHES = {
                                       nproc=2, nodes=2,
                                       readers=("train/test_multinode.py", "parallel/test_tensor_parallel.py")),
     "zero0": Launch(("train.max_steps=8", "checkpoint.every=0", "zero.stage=0"),
-                    readers=("analysis/test_megarank_ckpt_layouts.py", "train/test_grad_norm.py (one process)")),
+                    readers=("analysis/test_megarank_ckpt_layouts.py", "train/test_grad_norm.py (one process)",
+                             "bench/test_reference_loop.py")),
     # the levers (compile, activation checkpointing, chunked loss), whose numerics in-process tests compare one
     # by one (tests/parallel/test_activation_checkpointing.py, tests/train/test_compile.py,
     # tests/models/test_chunked_loss.py): in real runs at TP=2, recomputation under ZeRO-3 with dropout on
