@@ -83,7 +83,7 @@ reproduce: $(STAMP)
 	$(PY) -m megarank.experiments reproduce
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 # Rewrite the lock from what .venv holds now (after a deliberate upgrade; then rerun the golden tests).
 lock: $(STAMP)

@@ -1,10 +1,13 @@
-"""Shared fixtures: a small real corpus (stdlib files, built once per session)."""
+"""Shared fixtures: a small real corpus (stdlib files, built once per session) and the launched training runs
+the test files share (tests/runs.py: each trained once per session, on first use, read-only to tests)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.runs import LaunchedRuns
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +21,18 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_run(tiny_corpus, tmp_path_factory) -> Path:
-    """8 steps of the tiny GPT in one process (ZeRO-1, checkpoints at 4 and 8): the single-process reference
-    that resumed, data-parallel and preempted runs are compared against."""
-    from tests.helpers import run_training
+def launched(tiny_corpus, tmp_path_factory) -> LaunchedRuns:
+    """`launched(name)`: the run directory of tests/runs.py LAUNCHES[name], trained the first time a test asks.
+    At the end of the session, a shared run that a test changed in place (instead of copying it) is an error."""
+    runs = LaunchedRuns(tiny_corpus, tmp_path_factory.mktemp("launched"))
+    yield runs
+    changed = runs.changed()
+    assert not changed, f"tests changed the shared runs {changed} in place; copy a run before changing it"
 
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=4", "zero.stage=1")
-    return run_dir
+
+@pytest.fixture(scope="session")
+def reference_run(launched) -> Path:
+    """8 steps of the tiny GPT in one process (ZeRO-1, checkpoints at 4 and 8, ranks and weight norms logged
+    every 2 steps): the single-process reference that resumed, data-parallel and preempted runs are compared
+    against."""
+    return launched("reference")

@@ -43,11 +43,16 @@ def free_port() -> int:
 
 
 def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
-    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher."""
+    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher.
+
+    The launcher runs as `python -m` (what the `deepspeed` script does) under this interpreter, so that every
+    process of the suite has one sys.prefix: DeepSpeed's CPU communication op is built for the include paths
+    of the interpreter that loads it, and a .venv reached through a symlink would otherwise see two, the
+    script's shebang and the symlinked path, and rebuild the op at each switch."""
     if nproc == 1:
         return [sys.executable, "-m", "megarank.train", config, *overrides]
-    return [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
-            "--module", "megarank.train", config, *overrides]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
+            str(free_port()), "--module", "megarank.train", config, *overrides]
 
 
 # The tiny ViT on 8×8 digits.

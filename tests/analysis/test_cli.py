@@ -1,18 +1,20 @@
-"""`megarank-rank` as a user runs it: the tools/ script in a real process (exit code 2, one `error:` line, no
+"""`megarank-rank` as a user runs it: the console script in a real process (exit code 2, one `error:` line, no
 traceback), options rejected before any work, and the progress bar over layers."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from megarank.analysis.cli import main
 from tests.analysis.test_megarank_ckpt import run_cli_error
 from tests.helpers import REPO
 
 
-def test_tool_script_exits_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "tools/rank_analysis.py", str(tmp_path / "nope"), "--out",
+def test_console_script_exits_2_with_one_line(tmp_path):
+    megarank_rank = Path(sys.executable).parent / "megarank-rank"  # what `make analyze` runs
+    proc = subprocess.run([str(megarank_rank), str(tmp_path / "nope"), "--out",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"error: '{tmp_path / 'nope'}' does not exist\n"

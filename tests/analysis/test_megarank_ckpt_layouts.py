@@ -14,6 +14,8 @@ single-process references:
   numbers of the ZeRO-2 TP=2 run, which saw the same data in the same order.
 - The ranks each of these runs logged while training (analysis.every: ZeRO-3 gathers each layer, TP ranks
   average their heads) equal the offline analysis of its final checkpoint.
+
+The ZeRO-3 and ZeRO-0 runs are the session's shared `dp2-zero3` and `zero0` (tests/runs.py).
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ def launched_run(tmp_path_factory, corpus, name: str, *overrides: str, nproc: in
 
 
 @pytest.fixture(scope="module")
-def zero3_run(tiny_corpus, tmp_path_factory):
-    return launched_run(tmp_path_factory, tiny_corpus, "zero3", "train.max_steps=8", "zero.stage=3",
-                        "analysis.every=4", nproc=2)
+def zero3_run(launched):
+    return launched("dp2-zero3")
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +137,8 @@ def test_zero3_missing_or_truncated_partition(zero3_run, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_zero0_matches_the_reference_and_has_no_master_copy(reference_run, tiny_corpus, tmp_path, capsys):
-    run_dir = tmp_path / "zero0"
-    run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=0", "zero.stage=0")
+def test_zero0_matches_the_reference_and_has_no_master_copy(reference_run, launched, tmp_path, capsys):
+    run_dir = launched("zero0")
     table, reference = table_of(run_dir), table_of(reference_run)  # same schedule: the same 8 steps
     assert table.info.details["zero_stage"] == 0 and table.info.details["step"] == 8
     for product in PRODUCTS:

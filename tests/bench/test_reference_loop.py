@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, TINY, clean_env, run_training, train_losses
+from tests.helpers import REPO, TINY, clean_env, train_losses
+from tests.runs import LAUNCHES
 
 SCRIPT = """
 import json, sys
@@ -19,13 +20,13 @@ print(json.dumps(run.losses))
 """
 
 
-def test_reference_loop_matches_megarank(tiny_corpus, tmp_path):
-    overrides = [*TINY, f"data.path={tiny_corpus}", "train.max_steps=8", "zero.stage=0", "train.global_batch=4",
-                 "train.micro_batch=2"]  # two accumulation steps
-    run_training(tmp_path / "run", tiny_corpus, *overrides[len(TINY) + 1:], "checkpoint.every=0")
+def test_reference_loop_matches_megarank(launched, tiny_corpus):
+    """megarank's side is the session's shared `zero0` run (tests/runs.py): 8 steps of 4 accumulated micro
+    batches, ZeRO-0."""
+    overrides = [*TINY, f"data.path={tiny_corpus}", *LAUNCHES["zero0"].overrides]
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = [float(v) for v in proc.stdout.strip().splitlines()[-1].strip("[]").split(",")]
-    megarank = train_losses(tmp_path / "run")
+    megarank = train_losses(launched("zero0"))
     assert [megarank[step] for step in range(1, 9)] == pytest.approx(reference, rel=1e-5)

@@ -8,6 +8,7 @@ evaluated at their last step, against the 1-process ZeRO-1 `reference_run`'s las
 
 The runs train the same model on the same batches, so their weights agree to the tolerance the suite uses for
 these layouts (1e-5 relative, tests/parallel/test_tensor_parallel.py), and so must the merged GPT and its loss.
+The runs are the session's shared `dp2-zero3` and `tp2-zero1` (tests/runs.py).
 """
 
 from __future__ import annotations
@@ -17,19 +18,13 @@ import torch
 
 from megarank.evaluation import evaluate_checkpoint
 from megarank.evaluation.load import load_gpt
-from tests.helpers import run_training
 
-LAYOUTS = {
-    "dp2-zero3": ("zero.stage=3",),
-    "tp2-zero1": ("zero.stage=1", "parallel.tp=2"),
-}
+LAYOUTS = ("dp2-zero3", "tp2-zero1")
 
 
-@pytest.fixture(scope="module", params=list(LAYOUTS))
-def layout_run(request, tiny_corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp(request.param) / "run"
-    run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=0", *LAYOUTS[request.param], nproc=2)
-    return request.param, run_dir
+@pytest.fixture(scope="module", params=LAYOUTS)
+def layout_run(request, launched):
+    return request.param, launched(request.param)
 
 
 def test_weights_and_perplexity_match_the_single_process_run(layout_run, reference_run):

@@ -1,7 +1,8 @@
 """Tensor × data parallelism against the single-process TP=1 reference from the same seed, on CPU (gloo):
 loss per step within 1e-5 relative for 8 steps, through the real CLI and DeepSpeed launcher, for
 TP=2×DP=1 (ZeRO 1 and 3), TP=2×DP=2 (ZeRO 1 and 2); every parameter's gathered gradient after the first
-global batch within 1e-5 of a plain single-device backward; resume at TP=2 bit for bit."""
+global batch within 1e-5 of a plain single-device backward; resume at TP=2 bit for bit. The runs are the
+session's shared ones (tests/runs.py); TP=2×DP=2 under ZeRO-1 is the two-node run of tests/train/test_multinode.py."""
 
 from __future__ import annotations
 
@@ -15,43 +16,30 @@ from megarank.config import load_config
 from megarank.models.gpt import GPT
 from megarank.train.batches import micro_batch, open_text_data
 from megarank.train.tasks import set_vocab_size
-from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port, run_training, train_losses, train_steps
+from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port, train_losses, train_steps
 
-LAYOUTS = {  # name: (tp, processes, zero stage)
-    "tp2-dp1-zero1": (2, 2, 1),
-    "tp2-dp1-zero3": (2, 2, 3),
-    "tp2-dp2-zero1": (2, 4, 1),
-    "tp2-dp2-zero2": (2, 4, 2),
+LAYOUTS = {  # name: the shared run (8 steps, checkpoints at 4 and 8)
+    "tp2-dp1-zero1": "tp2-zero1",
+    "tp2-dp1-zero3": "tp2-zero3",
+    "tp2-dp2-zero1": "two-nodes-tp2-dp2-zero1",
+    "tp2-dp2-zero2": "tp2-dp2-zero2",
 }
 
 
-@pytest.fixture(scope="module")
-def tp_runs(tiny_corpus, tmp_path_factory):
-    """Each layout trained once for 8 steps with checkpoints at 4 and 8 (shared by the tests below)."""
-    runs = {}
-    for name, (tp, nproc, stage) in LAYOUTS.items():
-        run_dir = tmp_path_factory.mktemp(name) / "run"
-        run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=4", f"zero.stage={stage}",
-                     f"parallel.tp={tp}", nproc=nproc)
-        runs[name] = run_dir
-    return runs
-
-
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_loss_matches_single_process(name, tp_runs, reference_run):
-    reference, losses = train_losses(reference_run), train_losses(tp_runs[name])
+def test_loss_matches_single_process(name, launched, reference_run):
+    reference, losses = train_losses(reference_run), train_losses(launched(LAYOUTS[name]))
     assert sorted(losses) == list(range(1, 9))
     for step, expected in reference.items():
         assert losses[step] == pytest.approx(expected, rel=1e-5), f"step {step}"
 
 
-def test_resume_at_tp2_is_bitwise(tp_runs, tiny_corpus, tmp_path):
+def test_resume_at_tp2_is_bitwise(launched, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(tp_runs["tp2-dp1-zero1"], run_dir)
+    shutil.copytree(launched("tp2-zero1"), run_dir)
     shutil.rmtree(run_dir / "checkpoints" / "global_step8")
-    run_training(run_dir, tiny_corpus, "train.max_steps=8", "checkpoint.every=4", "zero.stage=1", "parallel.tp=2",
-                 nproc=2)
-    assert train_losses(run_dir) == train_losses(tp_runs["tp2-dp1-zero1"])
+    launched.relaunch("tp2-zero1", run_dir)
+    assert train_losses(run_dir) == train_losses(launched("tp2-zero1"))
     assert train_steps(run_dir) == list(range(1, 9))
 
 

@@ -1,5 +1,6 @@
 """Resume is exact: N/2 steps + save + load + N/2 steps equals N steps straight, bit for bit (CPU, fp32),
-in losses, logged records and final weights — in one process and in two (ZeRO-3)."""
+in losses, logged records and final weights — in one process (the session's `reference` run, cut back) and in
+two (its `dp2-zero3` run, cut back; tests/runs.py)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,10 @@ def test_resume_is_bitwise_identical(reference_run, tiny_corpus, tmp_path):
         assert torch.equal(resumed[name], tensor), name
 
 
-def test_resume_two_processes_zero3(tiny_corpus, tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = ("checkpoint.every=3", "zero.stage=3")
-    run_training(straight, tiny_corpus, "train.max_steps=6", *common, nproc=2)
-    run_training(resumed, tiny_corpus, "train.max_steps=6", *common, nproc=2)
-    shutil.rmtree(resumed / "checkpoints" / "global_step6")
-    run_training(resumed, tiny_corpus, "train.max_steps=6", *common, nproc=2)
+def test_resume_two_processes_zero3(launched, tmp_path):
+    straight, resumed = launched("dp2-zero3"), tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "global_step8")
+    launched.relaunch("dp2-zero3", resumed)
     assert train_losses(resumed) == train_losses(straight)
-    assert train_steps(resumed) == list(range(1, 7))
+    assert train_steps(resumed) == list(range(1, 9))

@@ -1,15 +1,15 @@
 """DeepSpeed's CPU shared-memory all-reduce leaves a ~69 MB /dev/shm file per process behind after every run
 (it never unlinks it); megarank unlinks each rank's name once every rank has mapped every buffer, so runs leave
-nothing in RAM. Checked on DeepSpeed's own init (the file appears) and on real 2-process runs (none is left)."""
+nothing in RAM. Checked on DeepSpeed's own init (the file appears) and on a real 2-process run (the session's
+shared `dp2-zero1`, tests/runs.py): no buffer is left now that was not there before that run was launched."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.helpers import REPO, clean_env, free_port, run_training
+from tests.helpers import REPO, clean_env, free_port
+from tests.runs import shm_buffers
 
 SCRIPT = """
 import os, deepspeed, torch
@@ -21,10 +21,6 @@ release_shm_name()
 print("after release", path.exists())
 torch.distributed.all_reduce(torch.ones(4))  # the mapping outlives the name
 """
-
-
-def buffers() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
 
 
 def test_deepspeed_creates_the_buffer_and_release_unlinks_it():
@@ -39,7 +35,6 @@ def test_deepspeed_creates_the_buffer_and_release_unlinks_it():
     assert "after release False" in proc.stdout
 
 
-def test_runs_leave_no_shared_memory_behind(tiny_corpus, tmp_path):
-    before = buffers()
-    run_training(tmp_path / "run", tiny_corpus, "train.max_steps=2", "checkpoint.every=0", nproc=2)
-    assert buffers() <= before
+def test_runs_leave_no_shared_memory_behind(launched):
+    run = launched.get("dp2-zero1")
+    assert shm_buffers() <= run.shm_before

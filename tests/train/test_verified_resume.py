@@ -62,21 +62,20 @@ def test_bad_checkpoint_is_skipped_and_retention_applies(reference_run, tiny_cor
     assert verify_tag(ckpt / "global_step8").ok
 
 
-def test_two_ranks_agree_on_skipping_a_truncated_checkpoint(tiny_corpus, tmp_path):
+def test_two_ranks_agree_on_skipping_a_truncated_checkpoint(launched, tmp_path):
+    """A copy of the session's 2-process run (tests/runs.py `dp2-zero1`: 8 steps, checkpoints at 4 and 8)."""
     run_dir = tmp_path / "run"
-    common = ("train.max_steps=4", "checkpoint.every=2", "zero.stage=1")
-    run_training(run_dir, tiny_corpus, *common, nproc=2)
+    shutil.copytree(launched("dp2-zero1"), run_dir)
     first = train_losses(run_dir)
-    tag = run_dir / "checkpoints" / "global_step4"
+    tag = run_dir / "checkpoints" / "global_step8"
     sizes = {name: r["size"] for name, r in Marker.read(tag).files.items()}
     on_rank1 = split_by_size(sizes, 2)[1][0]  # only rank 1 hashes it at resume: the ranks must share verdicts
     (tag / on_rank1).write_bytes((tag / on_rank1).read_bytes()[:-1])
-    resumed = run_training(run_dir, tiny_corpus, *common, nproc=2)
-    log = resumed.stdout + resumed.stderr
-    assert log.count("checkpoint global_step4 fails verification") == 1  # rank 0 reports it, once
+    log = launched.relaunch("dp2-zero1", run_dir)
+    assert log.count("checkpoint global_step8 fails verification") == 1  # rank 0 reports it, once
     assert f"'{tag / on_rank1}' has {sizes[on_rank1] - 1} bytes" in log
     assert train_losses(run_dir) == first
-    assert train_steps(run_dir) == [1, 2, 3, 4]
+    assert train_steps(run_dir) == list(range(1, 9))
     assert verify_tag(tag).ok
 
 

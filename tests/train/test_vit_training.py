@@ -78,7 +78,7 @@ def test_image_folder_trains_with_workers(tmp_path):
 
 def test_rank_tool_reads_the_vit_checkpoint(vit_reference, tmp_path):
     out = tmp_path / "rank"
-    proc = subprocess.run([sys.executable, "tools/rank_analysis.py", str(vit_reference), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "megarank.analysis.cli", str(vit_reference), "--out", str(out),
                            "--no-progress"], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -2,7 +2,8 @@
 computed offline from the final checkpoint's weights: one process (ZeRO-1), and two processes at TP=2 under
 ZeRO-3 (sharded parameters summed over the TP ranks, replicated ones counted once, partitioned ones gathered),
 read back through megarank-rank's checkpoint reader (DeepSpeed's zero_to_fp32 for ZeRO-3). Each tensor's group
-and TP layout are read here from the roles table, and a replicated tensor is checked equal on every TP rank."""
+and TP layout are read here from the roles table, and a replicated tensor is checked equal on every TP rank.
+The runs are the session's shared `reference` and `tp2-zero3` (tests/runs.py), both logging every 2 steps of 8."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from megarank.analysis.readers.megarank_ckpt import MegarankCheckpoint
 from megarank.ckpt.marker import Marker
 from megarank.ckpt.resolve import resolve_tag
 from megarank.models.roles import role_of
-from tests.helpers import read_metrics, run_training
+from tests.helpers import read_metrics
 
 GROUPS = ("no_decay", "attn", "mlp", "other")
 
@@ -53,12 +54,9 @@ def check_logged_norms(run_dir, max_steps: int) -> None:
     assert logged == pytest.approx(expected, rel=1e-9)
 
 
-def test_one_process(tiny_corpus, tmp_path):
-    run_training(tmp_path / "run", tiny_corpus, "train.max_steps=4", "analysis.every=2", "checkpoint.every=0")
-    check_logged_norms(tmp_path / "run", 4)
+def test_one_process(reference_run):
+    check_logged_norms(reference_run, 8)
 
 
-def test_tp2_zero3_two_processes(tiny_corpus, tmp_path):
-    run_training(tmp_path / "run", tiny_corpus, "train.max_steps=4", "analysis.every=2", "checkpoint.every=0",
-                 "parallel.tp=2", "zero.stage=3", nproc=2)
-    check_logged_norms(tmp_path / "run", 4)
+def test_tp2_zero3_two_processes(launched):
+    check_logged_norms(launched("tp2-zero3"), 8)

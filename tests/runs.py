@@ -1,0 +1,170 @@
+"""The launched training runs the suite shares: each named layout is trained once per session, on first use,
+through the entry points a user runs (megarank-train in one process, the DeepSpeed launcher, or
+tools/launch_node.sh per simulated node), and every test that needs that layout reads the same run.
+
+A shared run is read-only to tests: one that must change a run (resume it, damage a checkpoint) copies it
+first (shutil.copytree) and relaunches the copy with `LaunchedRuns.relaunch`, the same overrides, so the result
+is comparable bit for bit. tests/conftest.py checks at the end of the session that no shared run was changed.
+
+Which test files read which run is written beside each entry: a change to a run's overrides is a change to
+all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import REPO, TINY, clean_env, free_port, run_training
+
+# The reference's schedule, kept by every run compared with it: 8 steps (the LR schedule depends on max_steps),
+# checkpoints at 4 and 8.
+EIGHT_STEPS = ("train.max_steps=8", "checkpoint.every=4")
+# What the data-parallel runs log beside the losses: the validation loss and the attention ranks.
+DP2_EXTRA = ("train.eval_every=8", "analysis.every=4")
+# 5 steps at TP=2 with dropout on: attention dropout on the TP-local stream, which a recompute must replay.
+DROPOUT_BASE = ("train.max_steps=5", "checkpoint.every=0", "parallel.tp=2", "model.dropout=0.1")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launched run of the tiny GPT (tests/helpers.py TINY) on the session's tiny corpus."""
+
+    overrides: tuple[str, ...]
+    nproc: int = 1
+    """Processes per node: 1 runs `python -m megarank.train`, more the DeepSpeed launcher."""
+    nodes: int = 1
+    """More than 1: that many simulated nodes on localhost, each started by tools/launch_node.sh."""
+    readers: tuple[str, ...] = ()
+    """The test files that read this run."""
+
+
+LAUNCHES = {
+    "reference": Launch(
+        (*EIGHT_STEPS, "zero.stage=1", "analysis.every=2"),
+        readers=("the single-process reference of nearly every training, analysis, evaluation and ckpt test; "
+                 "train/test_weight_norms.py (one process)",)),
+    # data parallelism: 2 processes at each ZeRO stage, validated at the last step
+    "dp2-zero1": Launch((*EIGHT_STEPS, "zero.stage=1", *DP2_EXTRA), nproc=2,
+                        readers=("train/test_data_parallel.py", "train/test_verified_resume.py (two ranks)",
+                                 "train/test_shm_buffers.py")),
+    "dp2-zero2": Launch((*EIGHT_STEPS, "zero.stage=2", *DP2_EXTRA), nproc=2, readers=("train/test_data_parallel.py",)),
+    "dp2-zero3": Launch((*EIGHT_STEPS, "zero.stage=3", *DP2_EXTRA), nproc=2,
+                        readers=("train/test_data_parallel.py", "train/test_resume.py (two processes)",
+                                 "analysis/test_megarank_ckpt_layouts.py", "evaluation/test_layouts.py")),
+    # tensor parallelism
+    "tp2-zero1": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=1"), nproc=2,
+                        readers=("parallel/test_tensor_parallel.py (and its resume)", "evaluation/test_layouts.py",
+                                 "train/test_levers.py")),
+    "tp2-zero3": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=3", "analysis.every=2"), nproc=2,
+                        readers=("parallel/test_tensor_parallel.py", "train/test_weight_norms.py (TP=2, ZeRO-3)")),
+    "tp2-dp2-zero2": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=2"), nproc=4,
+                            readers=("parallel/test_tensor_parallel.py",)),
+    "two-nodes-tp2-dp2-zero1": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=1", "train.eval_every=8"),
+                                      nproc=2, nodes=2,
+                                      readers=("train/test_multinode.py", "parallel/test_tensor_parallel.py")),
+    "zero0": Launch(("train.max_steps=8", "checkpoint.every=0", "zero.stage=0"),
+                    readers=("analysis/test_megarank_ckpt_layouts.py", "train/test_grad_norm.py (one process)",
+                             "bench/test_reference_loop.py")),
+    # the levers (compile, activation checkpointing, chunked loss), whose numerics in-process tests compare one
+    # by one (tests/parallel/test_activation_checkpointing.py, tests/train/test_compile.py,
+    # tests/models/test_chunked_loss.py): in real runs at TP=2, recomputation under ZeRO-3 with dropout on
+    # against the plain run with dropout, and every lever together against `tp2-zero1` (compile cannot trace
+    # the TP-local dropout stream's fork: a graph break, so that run has no dropout)
+    "tp2-dropout": Launch((*DROPOUT_BASE, "zero.stage=1"), nproc=2, readers=("train/test_levers.py",)),
+    "tp2-dropout-zero3-recompute": Launch(
+        (*DROPOUT_BASE, "zero.stage=3", "train.activation_checkpointing=selective",
+         "train.activation_checkpointing_every=1", "model.loss_chunk_tokens=20"),
+        nproc=2, readers=("train/test_levers.py",)),
+    "tp2-zero3-every-lever": Launch(
+        ("train.max_steps=8", "checkpoint.every=0", "parallel.tp=2", "zero.stage=3", "train.eval_every=8",
+         "train.compile=true", "train.activation_checkpointing=full", "model.loss_chunk_tokens=20"),
+        nproc=2, readers=("train/test_levers.py",)),
+}
+
+
+def shm_buffers() -> set[str]:
+    """DeepSpeed's CPU shared-memory all-reduce buffers of this user (tests/train/test_shm_buffers.py)."""
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+
+
+def launch_nodes(launch: Launch, run_dir: Path, corpus: Path, *extra: str, timeout: int = 300) -> str:
+    """launch.nodes simulated nodes on localhost, each tools/launch_node.sh with launch.nproc processes; returns
+    their output, node 0's first."""
+    args = ["configs/default.yaml", *TINY, f"data.path={corpus}", f"train.run_dir={run_dir}", *launch.overrides,
+            *extra]
+    port = str(free_port())
+    nodes = [subprocess.Popen(["bash", "tools/launch_node.sh", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(NNODES=str(launch.nodes), NODE_RANK=str(rank), NPROC=str(launch.nproc),
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for rank in range(launch.nodes)]
+    outputs = [node.communicate(timeout=timeout)[0] for node in nodes]
+    if any(node.returncode != 0 for node in nodes):
+        raise AssertionError(f"training failed ({[node.returncode for node in nodes]}):\n"
+                             + "\n".join(output[-3000:] for output in outputs))
+    return "\n".join(outputs)
+
+
+@dataclass
+class Launched:
+    """A shared run, once trained."""
+
+    run_dir: Path
+    output: str
+    """stdout and stderr of the launch."""
+    shm_before: set[str]
+    """DeepSpeed's shared-memory buffers that existed just before the launch."""
+    fingerprint: dict[str, tuple[int, int]]
+
+
+def fingerprint(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file under run_dir with its size and modification time: what a test must not change."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+class LaunchedRuns:
+    """The session's shared runs: `runs(name)` is the run directory of LAUNCHES[name], trained on first use."""
+
+    def __init__(self, corpus: Path, root: Path):
+        self.corpus, self.root = corpus, root
+        self.done: dict[str, Launched] = {}
+        self.failed: dict[str, str] = {}
+
+    def __call__(self, name: str) -> Path:
+        return self.get(name).run_dir
+
+    def get(self, name: str) -> Launched:
+        if name in self.failed:  # every reader of a failed run fails with its message, without a relaunch
+            raise AssertionError(f"the shared run {name!r} failed earlier in this session:\n{self.failed[name]}")
+        if name not in self.done:
+            before = shm_buffers()
+            run_dir = self.root / name / "run"
+            try:
+                output = self._launch(LAUNCHES[name], run_dir)
+            except (AssertionError, subprocess.TimeoutExpired) as err:
+                self.failed[name] = str(err)
+                raise
+            self.done[name] = Launched(run_dir, output, before, fingerprint(run_dir))
+        return self.done[name]
+
+    def output(self, name: str) -> str:
+        return self.get(name).output
+
+    def relaunch(self, name: str, run_dir: Path, *extra: str) -> str:
+        """LAUNCHES[name] again into run_dir (a copy of the shared run: it resumes), extra overrides last; returns
+        the output."""
+        return self._launch(LAUNCHES[name], run_dir, *extra)
+
+    def _launch(self, launch: Launch, run_dir: Path, *extra: str) -> str:
+        if launch.nodes > 1:
+            return launch_nodes(launch, run_dir, self.corpus, *extra)
+        proc = run_training(run_dir, self.corpus, *launch.overrides, *extra, nproc=launch.nproc)
+        return proc.stdout + proc.stderr
+
+    def changed(self) -> list[str]:
+        """The shared runs a test changed in place instead of copying first."""
+        return [name for name, run in self.done.items() if fingerprint(run.run_dir) != run.fingerprint]
