@@ -89,7 +89,8 @@ def train(cfg: ExperimentConfig) -> dict:
     world = init_distributed(cfg.parallel.timeout_minutes)
     run = setup(cfg, world)
     cfg, task = run.cfg, run.task
-    step, consumed_samples, last_saved = run.step, run.consumed_samples, run.step if run.resumed_from else None
+    step, consumed_samples = run.step, run.consumed_samples
+    last_saved = step if run.resumed_from is not None else None
     metrics = MetricsLogger(Path(cfg.train.run_dir), enabled=world.is_main, start_step=step)
     preemption = PreemptionHandler()
     spikes = LossSpikeDetector(cfg.train.spike_factor, cfg.train.spike_window)
