@@ -2,9 +2,9 @@
 attention rank and group weight norms -> checkpoint, until max_steps, a divergence (stops before saving) or a
 preemption (stops after saving).
 
-setup() runs, in order: open the data -> resolve the config against it, freeze it and validate it at this
-world size -> resume checks -> process layout -> task -> model -> parallelize (TP, activation checkpointing,
-compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
+setup() runs, in order: find the checkpoint to resume from -> open the data -> resolve the config against
+it, freeze it and validate it at this world size -> resume checks -> process layout -> task -> model ->
+parallelize (TP, activation checkpointing, compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
 directory is touched, and on every rank at once (train/failures.py).
 
 The data position is the number of samples consumed (saved in the checkpoint), not step × global_batch, so a
@@ -89,7 +89,8 @@ def train(cfg: ExperimentConfig) -> dict:
     world = init_distributed(cfg.parallel.timeout_minutes)
     run = setup(cfg, world)
     cfg, task = run.cfg, run.task
-    step, consumed_samples, last_saved = run.step, run.consumed_samples, run.step if run.resumed_from else None
+    step, consumed_samples = run.step, run.consumed_samples
+    last_saved = step if run.resumed_from is not None else None
     metrics = MetricsLogger(Path(cfg.train.run_dir), enabled=world.is_main, start_step=step)
     preemption = PreemptionHandler()
     spikes = LossSpikeDetector(cfg.train.spike_factor, cfg.train.spike_window)
@@ -148,11 +149,12 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
     """Everything before the first step; see the module docstring for the order."""
     # a bad path on any one rank (data or checkpoint missing on one node) stops every rank here, not in a collective
     with setup_checked_on_every_rank():
+        # collective (rank 0 decides for all): first, before any check that can fail on one rank alone
+        resume_from = checkpoint.resolve_resume(cfg.train.resume, Path(cfg.checkpoint.dir))
         data = open_training_data(cfg.data, cfg.model, seed=cfg.seed, show_progress=world.is_main)
         cfg = frozen(resolve(cfg, data.info))  # from here on nothing changes the config
         validate(cfg, world.world_size)
         grad_accum = gradient_accumulation_steps(cfg, world.world_size)
-        resume_from = checkpoint.resolve_resume(cfg.train.resume, Path(cfg.checkpoint.dir))
         universal = resume_from is not None and checkpoint.needs_universal(
             resume_from, cfg.parallel.tp, data_parallel_size(cfg, world.world_size), cfg.zero.stage)
         if resume_from is not None:
