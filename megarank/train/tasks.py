@@ -174,10 +174,3 @@ def build_task(cfg: ExperimentConfig, layout: ParallelLayout, device: torch.devi
     resolved = frozen(resolve(cfg, data.info))
     return task_for(data, resolved.model, resolved.train, layout, device)
 
-
-def set_vocab_size(cfg: ExperimentConfig, data_vocab: int) -> None:
-    """Compatibility only, for callers outside the training path not yet moved to config.resolve (the lead
-    removes it with them): fills cfg.model.vocab_size in place as resolve() would."""
-    from megarank.config import DataInfo
-
-    cfg.model.vocab_size = resolve(cfg, DataInfo(vocab_size=data_vocab)).model.vocab_size

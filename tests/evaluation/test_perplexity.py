@@ -22,14 +22,13 @@ import torch
 import yaml
 
 from megarank.ckpt.tags import COMPLETE_MARKER
-from megarank.config import load_config
+from megarank.config import DataInfo, load_config, resolve
 from megarank.data.shards import TokenShards, write_shards
 from megarank.data.stdlib_corpus import StdlibDataset, ensure_stdlib_test_split, stdlib_test_files
 from megarank.evaluation import evaluate_checkpoint
 from megarank.evaluation.cli import main
 from megarank.evaluation.perplexity import token_windows
 from megarank.models.gpt import GPT
-from megarank.train.tasks import set_vocab_size
 from tests.helpers import REPO, TINY, clean_env
 
 KEYS = {"split", "tokens", "loss", "ppl", "checkpoint", "step", "data", "seq_len", "weights", "layout"}
@@ -57,7 +56,7 @@ def test_windows_predict_every_token_once(n_tokens, seq_len):
 def direct_reference(run_dir, corpus, tag: str, split: str = "val") -> tuple[int, float]:
     """(predicted tokens, mean NLL): the GPT built as training builds it, one window at a time."""
     cfg = load_config("configs/default.yaml", [*TINY, f"data.path={corpus}"])
-    set_vocab_size(cfg, TokenShards(corpus / "train").vocab_size)
+    cfg = resolve(cfg, DataInfo(vocab_size=TokenShards(corpus / "train").vocab_size))
     model = GPT(cfg.model).eval()
     states = torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False)
     model.load_state_dict(states["module"])  # strict: every saved tensor, the tied head included

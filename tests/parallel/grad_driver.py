@@ -11,14 +11,14 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
 
-from megarank.config import gradient_accumulation_steps, load_config
+from megarank.config import DataInfo, gradient_accumulation_steps, load_config, resolve
 from megarank.models.gpt import GPT
 from megarank.parallel.layout import DeepSpeedMPU, build_layout
 from megarank.parallel.tensor_parallel import apply_tensor_parallel
-from megarank.train.batches import micro_batch, open_text_data
+from megarank.data.batches import micro_batch
+from megarank.data.training_data import open_text_data
 from megarank.train.distributed import init_distributed
 from megarank.train.engine import build_engine
-from megarank.train.tasks import set_vocab_size
 
 out, config, *overrides = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 cfg = load_config(config, overrides)
@@ -26,7 +26,7 @@ world = init_distributed()
 layout = build_layout(cfg.parallel.tp)
 grad_accum = gradient_accumulation_steps(cfg, world.world_size)
 data = open_text_data(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, show_progress=False)
-set_vocab_size(cfg, data.vocab_size)
+cfg = resolve(cfg, DataInfo(vocab_size=data.vocab_size))
 torch.manual_seed(cfg.seed)
 model = GPT(cfg.model)
 apply_tensor_parallel(model, layout, seed=cfg.seed, device=world.device)

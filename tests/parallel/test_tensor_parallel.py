@@ -12,10 +12,10 @@ import subprocess
 import pytest
 import torch
 
-from megarank.config import load_config
+from megarank.config import DataInfo, load_config, resolve
 from megarank.models.gpt import GPT
-from megarank.train.batches import micro_batch, open_text_data
-from megarank.train.tasks import set_vocab_size
+from megarank.data.batches import micro_batch
+from megarank.data.training_data import open_text_data
 from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port, train_losses, train_steps
 
 LAYOUTS = {  # name: the shared run (8 steps, checkpoints at 4 and 8)
@@ -47,7 +47,7 @@ def reference_gradients(corpus) -> dict[str, torch.Tensor]:
     """Plain PyTorch, one device: gradient of the global batch's mean loss."""
     cfg = load_config("configs/default.yaml", [*TINY, f"data.path={corpus}"])
     data = open_text_data(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, show_progress=False)
-    set_vocab_size(cfg, data.vocab_size)
+    cfg = resolve(cfg, DataInfo(vocab_size=data.vocab_size))
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model)
     n_micro = cfg.train.global_batch // cfg.train.micro_batch

@@ -22,20 +22,20 @@ from megarank.config import load_config
 from megarank.errors import MegarankError
 from megarank.parallel.layout import ParallelLayout
 from megarank.train.resume_checks import check_resume
-from megarank.train.tasks import TextTask
+from megarank.train.tasks import TextTask, build_task
 from tests.helpers import TINY, read_metrics, run_cli, run_training
 
 
 def task_with(config, *overrides) -> TextTask:
     cfg = load_config(config, list(overrides))
     one_process = ParallelLayout(tp_size=1, dp_size=1, tp_rank=0, dp_rank=0, tp_group=None, dp_group=None)
-    return TextTask(cfg, one_process, torch.device("cpu"), show_progress=False)
+    return build_task(cfg, one_process, torch.device("cpu"), is_main=False)
 
 
 def inputs(task: TextTask, consumed_samples: int, steps: int) -> torch.Tensor:
     """The input sequences of `steps` steps from consumed_samples on, in sampler-position order."""
     batches = task.train_batches(consumed_samples)
-    micro_steps = steps * task.cfg.train.global_batch // task.cfg.train.micro_batch
+    micro_steps = steps * task.train_cfg.global_batch // task.train_cfg.micro_batch
     return torch.cat([next(batches)[0] for _ in range(micro_steps)])
 
 
@@ -78,7 +78,7 @@ def test_shape_function_decay_and_seed_changes_are_refused(reference_run, tmp_pa
     config, tag = reference_run / "config.yaml", reference_run / "checkpoints" / "global_step4"
     if marker != "as written":  # no tensor records: the config alone decides, as for every older marker
         tag = copy_marker(tag, tmp_path / "global_step4", drop=("tensors",))
-    identity = task_with(config).data_identity
+    identity = task_with(config).data.identity
     check_resume(tag, load_config(config), identity)  # the saved settings themselves pass
     check_resume(tag, load_config(config, ["model.rope_base=500"]), identity)  # learned positions: unused
     with pytest.raises(MegarankError, match=expected):
@@ -100,7 +100,7 @@ def test_rope_base_change_is_refused_under_rotary_positions(reference_run, tmp_p
     config = reference_run / "config.yaml"
     tag = copy_marker(reference_run / "checkpoints" / "global_step4", tmp_path / "global_step4",
                       config_edit=("position: learned", "position: rotary"))
-    identity = task_with(config).data_identity
+    identity = task_with(config).data.identity
     rotary = ["model.position=rotary"]
     check_resume(tag, load_config(config, rotary), identity)
     with pytest.raises(MegarankError, match="trained with model.rope_base=10000.0; this run has 500.0 — resume with "
@@ -111,7 +111,7 @@ def test_rope_base_change_is_refused_under_rotary_positions(reference_run, tmp_p
 @pytest.mark.parametrize("key, named", [("tokenizer_sha256", "data made with tokenizer sha256"),
                                         ("train_sha256", "training shards with sha256")])
 def test_other_data_or_tokenizer_is_refused(reference_run, key, named):
-    identity = dict(task_with(reference_run / "config.yaml").data_identity)
+    identity = dict(task_with(reference_run / "config.yaml").data.identity)
     identity[key] = "0" * 64
     with pytest.raises(MegarankError, match=f"trained on {named} [0-9a-f]{{12}}; .* has 000000000000"):
         check_resume(reference_run / "checkpoints" / "global_step4", load_config(reference_run / "config.yaml"),
