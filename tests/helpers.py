@@ -25,9 +25,10 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a launched run: without the process-group variables an in-process test may have
-    set (a child would otherwise try to join the pytest process's store)."""
+    set (a child would otherwise try to join the pytest process's store), and with this interpreter as
+    tools/launch_node.sh's PYTHON (see deepspeed_launcher)."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **extra}
 
 
 def run_cli(*args: str, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
@@ -42,17 +43,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
-    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher.
+def deepspeed_launcher(nproc: int) -> list[str]:
+    """The DeepSpeed launcher for nproc local CPU processes, as `python -m` (what the `deepspeed` script runs)
+    under this interpreter, so that every process of the suite has one sys.prefix: DeepSpeed builds its CPU
+    communication op for the include paths of the interpreter that loads it, and a .venv reached through a
+    symlink would otherwise show two (the script's shebang and the symlinked path) and rebuild the op, under a
+    lock every run waits on, each time one-process and launched runs alternate."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
+            str(free_port())]
 
-    The launcher runs as `python -m` (what the `deepspeed` script does) under this interpreter, so that every
-    process of the suite has one sys.prefix: DeepSpeed's CPU communication op is built for the include paths
-    of the interpreter that loads it, and a .venv reached through a symlink would otherwise see two, the
-    script's shebang and the symlinked path, and rebuild the op at each switch."""
+
+def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
+    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher."""
     if nproc == 1:
         return [sys.executable, "-m", "megarank.train", config, *overrides]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
-            str(free_port()), "--module", "megarank.train", config, *overrides]
+    return [*deepspeed_launcher(nproc), "--module", "megarank.train", config, *overrides]
 
 
 # The tiny ViT on 8×8 digits.

@@ -45,7 +45,7 @@ LAUNCHES = {
     "reference": Launch(
         (*EIGHT_STEPS, "zero.stage=1", "analysis.every=2"),
         readers=("the single-process reference of nearly every training, analysis, evaluation and ckpt test; "
-                 "train/test_weight_norms.py (one process)",)),
+                 "train/test_weight_norms.py (one process)", "train/test_bf16.py (the fp32 side)")),
     # data parallelism: 2 processes at each ZeRO stage, validated at the last step
     "dp2-zero1": Launch((*EIGHT_STEPS, "zero.stage=1", *DP2_EXTRA), nproc=2,
                         readers=("train/test_data_parallel.py", "train/test_verified_resume.py (two ranks)",

@@ -17,7 +17,7 @@ from megarank.models.gpt import GPT
 from megarank.models.vit import ViT
 from megarank.parallel.activation_checkpointing import apply_activation_checkpointing, checkpointed_block_indices
 from megarank.parallel.random import TPRandomState
-from tests.helpers import REPO, VENV_BIN, clean_env, free_port
+from tests.helpers import REPO, clean_env, deepspeed_launcher
 
 
 def _model(family: str, mode: str, every: int = 2) -> tuple[torch.nn.Module, TPRandomState]:
@@ -90,7 +90,7 @@ def _peak(mode: str, tp: int, tmp_path) -> dict:
     out = tmp_path / f"{mode}-tp{tp}.json"
     driver = [str(REPO / "tests/parallel/ac_memory_driver.py"), str(out), mode]
     command = ([sys.executable, *driver] if tp == 1 else
-               [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), *driver])
+               [*deepspeed_launcher(2), *driver])
     threads = "2" if tp == 1 else "1"  # the two cores, shared out
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=clean_env(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=threads))

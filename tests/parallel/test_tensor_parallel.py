@@ -16,7 +16,7 @@ from megarank.config import DataInfo, load_config, resolve
 from megarank.models.gpt import GPT
 from megarank.data.batches import micro_batch
 from megarank.data.training_data import open_text_data
-from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port, train_losses, train_steps
+from tests.helpers import REPO, TINY, clean_env, deepspeed_launcher, train_losses, train_steps
 
 LAYOUTS = {  # name: the shared run (8 steps, checkpoints at 4 and 8)
     "tp2-dp1-zero1": "tp2-zero1",
@@ -61,9 +61,8 @@ def reference_gradients(corpus) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("tp, nproc, stage", [(2, 4, 1), (2, 2, 2)])
 def test_gathered_gradients_match_single_device(tp, nproc, stage, tiny_corpus, tmp_path):
     out = tmp_path / "grads.pt"
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
-           str(REPO / "tests/parallel/grad_driver.py"), str(out), "configs/default.yaml", *TINY,
-           f"data.path={tiny_corpus}", f"parallel.tp={tp}", f"zero.stage={stage}"]
+    cmd = [*deepspeed_launcher(nproc), str(REPO / "tests/parallel/grad_driver.py"), str(out), "configs/default.yaml",
+           *TINY, f"data.path={tiny_corpus}", f"parallel.tp={tp}", f"zero.stage={stage}"]
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     grads, expected = torch.load(out), reference_gradients(tiny_corpus)

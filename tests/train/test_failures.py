@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from tests.helpers import REPO, TINY, VENV_BIN, clean_env, free_port
+from tests.helpers import REPO, TINY, clean_env, deepspeed_launcher, free_port
 
 
 def error_lines(output: str) -> list[str]:
@@ -48,9 +48,8 @@ def test_data_missing_on_the_second_node_stops_both_nodes(tiny_corpus, tmp_path)
 
 def test_io_error_on_one_rank_mid_run_ends_the_job(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-           "tests/train/fail_mid_run.py", "configs/default.yaml", *TINY, f"data.path={tiny_corpus}",
-           f"train.run_dir={run_dir}", "train.max_steps=4"]
+    cmd = [*deepspeed_launcher(2), "tests/train/fail_mid_run.py", "configs/default.yaml", *TINY,
+           f"data.path={tiny_corpus}", f"train.run_dir={run_dir}", "train.max_steps=4"]
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(FAIL_RANK="1"), capture_output=True, text=True, timeout=120)
     assert time.monotonic() - start < 60
