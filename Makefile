@@ -26,7 +26,7 @@ else
 LAUNCH := $(VENV)/bin/deepspeed --num_gpus $(NUM_PROCS) --master_port $(MASTER_PORT)
 endif
 
-.PHONY: install pretrain pretrain-vit analyze bench bench-rank test clean-venv reproduce lock bench-data
+.PHONY: install pretrain pretrain-vit analyze bench bench-rank gpu-check test clean-venv reproduce lock bench-data
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ analyze: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) tools/bench.py --json runs/bench.json $(BENCH_ARGS)
+
+# Every GPU-only path checked and measured in one call (CUDA tests, a bf16 run with checkpoint and resume,
+# make bench, megarank-rank/-eval on CUDA) -> runs/gpu_check/report.md and report.json; exits 2 without a GPU.
+# PY=python3 runs it with an interpreter that already holds megarank's packages (no .venv is made).
+gpu-check: $(if $(filter command line,$(origin PY)),,$(STAMP))
+	$(PY) tools/gpu_check.py --out runs/gpu_check
 
 # A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
 bench-rank: $(STAMP)

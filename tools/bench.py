@@ -35,14 +35,13 @@ from pathlib import Path
 
 import torch
 
+from megarank.bench.gpu_shape import DEFAULT_CONFIG, gpu_overrides
+from megarank.bench.memory import estimate_memory
 from megarank.config import load_config
 from megarank.models.attention import HAS_FLASH_ATTN, attention
 from megarank.train.throughput import train_flops_per_token
 
 REPO = Path(__file__).resolve().parents[1]
-# GPT-2 small at 1024 tokens on the embedded corpus: what a GPU is measured on unless --config says otherwise
-GPU_OVERRIDES = ["model.n_layers=12", "model.d_model=768", "model.n_heads=12", "model.seq_len=1024",
-                 "train.micro_batch=16", "train.precision=bf16"]
 WARMUP_STEPS = 5
 
 
@@ -106,14 +105,15 @@ def bench_matmul() -> dict:
 
 def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
     gpu = torch.cuda.is_available()
-    default_gpu = [*GPU_OVERRIDES, f"train.global_batch={16 * torch.cuda.device_count()}"] if gpu else []
-    args = [config or "configs/default.yaml", *(default_gpu if config is None else []), *extra]
+    default_gpu = gpu_overrides(torch.cuda.device_count()) if gpu else []
+    args = [config or DEFAULT_CONFIG, *(default_gpu if config is None else []), *extra]
     with tempfile.TemporaryDirectory(prefix="megarank-bench-") as tmp:
         overrides = [f"train.run_dir={tmp}/run", f"train.max_steps={steps}", "train.eval_every=0",
                      "checkpoint.every=0", "analysis.every=0", "train.progress=false"]
         if gpu:
-            command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(torch.cuda.device_count()),
-                       "--module", "megarank.train", *args, *overrides]
+            # the launcher as `python -m`: works where megarank runs from a checkout without console scripts
+            command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus",
+                       str(torch.cuda.device_count()), "--module", "megarank.train", *args, *overrides]
         else:
             command = [sys.executable, "-m", "megarank.train", *args, *overrides]
         start = time.perf_counter()
@@ -122,7 +122,8 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
         if returncode != 0:
             raise SystemExit(f"error: the training run failed ({returncode}):\n{stderr[-3000:]}")
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        model = load_config(str(Path(tmp) / "run" / "config.yaml")).model  # vocab_size resolved by the run
+        run_config = load_config(str(Path(tmp) / "run" / "config.yaml"))  # vocab_size resolved by the run
+        model = run_config.model
     timed = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
     if not timed:
         raise SystemExit(f"error: --steps {steps} leaves no step after the {WARMUP_STEPS} warm-up steps; raise it")
@@ -137,6 +138,10 @@ def bench_training(steps: int, config: str | None, extra: list[str]) -> dict:
     if gpu:
         result["mfu"] = statistics.median(r["mfu"] for r in timed)
         result["peak_mem_gb"] = max(r["peak_mem_gb"] for r in timed)
+        # tools/memory_estimate.py's formula for the same config: how far the allocator's peak is from it
+        estimate = estimate_memory(run_config, torch.cuda.device_count(), bf16=run_config.train.precision != "fp32")
+        result["estimated_mem_gb"] = estimate.total_gb
+        result["peak_vs_estimate"] = result["peak_mem_gb"] / estimate.total_gb
     else:
         result["peak_rss_mb"] = peak_rss_mb
     return result
@@ -170,7 +175,7 @@ print(json.dumps({"tokens_per_s": run.items_per_step / statistics.median(timed),
 
 def bench_levers(steps: int, config: str | None, extra: list[str], plain: dict) -> list[dict]:
     """Each lever against the plain megarank run and the plain PyTorch loop (CPU: one process, same shape)."""
-    args = [config or "configs/default.yaml", *extra]
+    args = [config or DEFAULT_CONFIG, *extra]
     rows = []
     if not torch.cuda.is_available():
         with tempfile.TemporaryFile("w+") as out:
@@ -222,7 +227,7 @@ def main() -> None:
     train = results["training"]
     print("training  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in train.items()))
     for row in results.get("levers", []):
-        memory = (f"peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row
+        memory = (f"peak {row['peak_mem_gb']:.2f} GB (estimate {row['estimated_mem_gb']:.2f})" if "peak_mem_gb" in row
                   else f"peak RSS {row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else "")
         ratio = f"{row['vs_reference']:.3f}x the plain loop" if "vs_reference" in row else ""
         ceiling = f"{row['vs_matmul_ceiling']:.1%} of the matmul ceiling" if "vs_matmul_ceiling" in row else ""

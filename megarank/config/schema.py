@@ -178,6 +178,9 @@ class OptimConfig(Freezable):
     (g += wd * w) per group."""
     grad_clip: float = 1.0
     """Clip gradients to this global norm (0 disables)."""
+    implementation: str = "auto"
+    """The Adam kernel: 'torch' (torch.optim's Adam(W): bit-exact resume, nothing to build), 'fused'
+    (DeepSpeed's FusedAdam CUDA op, JIT-built on first use) or 'auto' (fused on GPU, torch on CPU)."""
 
     def __post_init__(self) -> None:
         for name in ("wd_attn", "wd_mlp", "wd_other"):
@@ -185,6 +188,8 @@ class OptimConfig(Freezable):
         _require(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _require(self.implementation in ("auto", "torch", "fused"),
+                 f"optim.implementation must be auto|torch|fused, got '{self.implementation}'")
 
 
 @dataclass

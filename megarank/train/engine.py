@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from megarank.config.schema import ExperimentConfig
+from megarank.errors import MegarankError
 from megarank.optim.groups import build_param_groups, describe_groups
 from megarank.optim.schedule import warmup_cosine
 
@@ -28,7 +29,9 @@ def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.de
                      load_universal: bool = False) -> dict:
     """The DeepSpeed JSON config for this experiment (saved beside the run for reference)."""
     optim = cfg.optim
-    on_cpu = device.type == "cpu"
+    if optim.implementation == "fused" and device.type != "cuda":
+        raise MegarankError("optim.implementation=fused needs a CUDA GPU (DeepSpeed's FusedAdam); use auto or torch")
+    torch_adam = optim.implementation == "torch" or (optim.implementation == "auto" and device.type != "cuda")
     return {
         "train_batch_size": cfg.train.global_batch,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
@@ -43,8 +46,7 @@ def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.de
                 "weight_decay": 0.0,  # every group carries its own (optim/groups.py)
                 # adam_w_mode false makes DeepSpeed's Adam add wd * w to the gradient (L2) instead of decaying
                 "adam_w_mode": optim.decoupled,
-                # torch's Adam(W) on CPU: bit-exact resume, and no FusedAdam JIT build
-                "torch_adam": on_cpu,
+                "torch_adam": torch_adam,
             },
         },
         "zero_optimization": {"stage": cfg.zero.stage},

@@ -1,4 +1,4 @@
-"""Attention backends agree with the explicit math path (SDPA on CPU; flash_attn where a GPU has it), and RoPE
+"""Attention backends agree with the explicit math path (SDPA on CPU; the GPU kernels in tests/gpu/), and RoPE
 makes q·k depend only on the relative position."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megarank.models.attention import HAS_FLASH_ATTN, RotaryEmbedding, attention
+from megarank.models.attention import RotaryEmbedding, attention
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -26,16 +26,6 @@ def test_causal_math_ignores_future():
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 4:], v2[:, :, 4:] = 0.0, 7.0
     torch.testing.assert_close(attention(q, k2, v2, causal=True, backend="math")[:, :, :4], out[:, :, :4])
-
-
-@pytest.mark.skipif(not (HAS_FLASH_ATTN and torch.cuda.is_available()), reason="needs CUDA and flash_attn")
-@pytest.mark.parametrize("causal", [True, False])
-def test_flash_matches_math_on_gpu(causal):
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 128, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    expected = attention(q.float(), k.float(), v.float(), causal=causal, backend="math")
-    torch.testing.assert_close(attention(q, k, v, causal=causal, backend="flash").float(), expected,
-                               atol=2e-2, rtol=2e-2)
 
 
 def test_rotary_scores_depend_on_relative_position():
