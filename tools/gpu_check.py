@@ -128,12 +128,16 @@ class Check:
     def fused_adam(self) -> dict:
         from deepspeed.ops.op_builder import FusedAdamBuilder
 
+        from megarank.train.engine import arch_list_deepspeed_can_parse
+
+        arch_list_deepspeed_can_parse()  # as a training run does before DeepSpeed builds the op
         try:
             FusedAdamBuilder().load()
         except Exception:
             self.optim = ["optim.implementation=torch"]
             raise
-        return {"summary": "DeepSpeed FusedAdam built and loaded"}
+        return {"summary": f"DeepSpeed FusedAdam built and loaded (TORCH_CUDA_ARCH_LIST="
+                           f"{os.environ.get('TORCH_CUDA_ARCH_LIST', 'unset')})"}
 
     def cuda_tests(self) -> dict:
         junit = self.out / "cuda_tests.xml"

@@ -8,6 +8,8 @@ own weight_decay) and the LR schedule.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from functools import partial
 
 import torch
@@ -58,6 +60,17 @@ def deepspeed_config(cfg: ExperimentConfig, *, grad_accum: int, device: torch.de
     }
 
 
+def arch_list_deepspeed_can_parse() -> None:
+    """Make TORCH_CUDA_ARCH_LIST readable by DeepSpeed's JIT builder (0.19), which reads each entry as numbers:
+    NGC-style images list arch-specific entries such as '9.0a', and FusedAdam's build then fails with a
+    ValueError. Such a list is replaced, for this process, by the local GPUs' own capabilities — what DeepSpeed
+    builds for when the variable is unset (FusedAdam uses nothing arch-specific)."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if re.search(r"\d\.\d+[a-z]", archs) and torch.cuda.is_available():
+        local = {"{}.{}".format(*torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(sorted(local))
+
+
 def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, device: torch.device, mpu=None,
                  load_universal: bool = False):
     """deepspeed.initialize with role-based decay groups; returns (engine, description of the groups).
@@ -66,6 +79,7 @@ def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, de
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    arch_list_deepspeed_can_parse()
     groups = build_param_groups(model, cfg.optim)
     description = describe_groups(groups)
     engine, _, _, _ = deepspeed.initialize(
