@@ -40,12 +40,8 @@ PTH_NAME = "_megarank_system_site.pth"
 MODE_FILE = ".torch-mode"  # "system" or "pinned": which way .venv was made (the Makefile reads it)
 
 
-class SetupError(SystemExit):
-    """A one-line error for make to print; exit code 2."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
-        self.code = 2
+class SetupError(Exception):
+    """A problem and its fix, in one line: main prints it and exits 2."""
 
 
 def normalize(name: str) -> str:
@@ -181,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("constraints").add_argument("lock", type=Path)
     sub.add_parser("check")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "detect":
         print(detect())
     elif args.command == "create":
