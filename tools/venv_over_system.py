@@ -66,7 +66,8 @@ def site_dirs() -> list[str]:
 
 def pth_text(dirs: list[str]) -> str:
     """A .pth whose one import line adds dirs as site dirs (their own .pth files included), after .venv's."""
-    return f"import site; [site.addsitedir(d) for d in {dirs!r}]\n"
+    # map, not a comprehension: site exec()s the line, and a comprehension's scope cannot see the import
+    return f"import site; list(map(site.addsitedir, {dirs!r}))\n"
 
 
 def detect() -> str:
@@ -85,7 +86,7 @@ def torch_version_or_fail() -> str:
         version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         raise SetupError(f"TORCH=system but {sys.executable} has no torch: install torch>={floor} into it, "
-                         f"or run make install without TORCH=system (the pinned torch)") from None
+                         f"or make install TORCH=pinned") from None
     if release(version) < MIN_TORCH:
         raise SetupError(f"TORCH=system but {sys.executable} has torch {version}; megarank needs torch>={floor}: "
                          f"use a newer one, or run make install TORCH=pinned")
