@@ -162,9 +162,18 @@ def check() -> None:
     import torch
 
     prefix = Path(sys.prefix).resolve()
-    for module in [torch] + ([__import__("torchvision")] if importlib.util.find_spec("torchvision") else []):
-        where = Path(module.__file__).resolve()
-        if prefix in where.parents:
+    modules = [torch]
+    if importlib.util.find_spec("torchvision"):
+        try:
+            import torchvision
+            modules.append(torchvision)
+        except Exception as error:  # only the ViT's image data needs it: say so, keep the install
+            print(f"note: the interpreter's torchvision does not load with its torch {torch.__version__} "
+                  f"({type(error).__name__}: {error}); the ViT's image datasets need one that does", file=sys.stderr)
+    else:
+        print("note: the interpreter has no torchvision; the ViT's image datasets need it", file=sys.stderr)
+    for module in modules:
+        if prefix in Path(module.__file__).resolve().parents:
             raise SetupError(f"{module.__name__} {module.__version__} was installed into {prefix}, shadowing the "
                              f"interpreter's: make clean-venv, then make install TORCH=system again")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}) from {Path(torch.__file__).parent}")
