@@ -96,3 +96,10 @@ def test_no_torch_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(tool.importlib.metadata, "version", missing)
     with pytest.raises(tool.SetupError, match="has no torch: install torch>=2.7 into it, or make install TORCH=pinned"):
         tool.torch_version_or_fail()
+
+
+def test_offline_names_the_pins_no_file_provides():
+    constraints = "# c\nhjson==3.1.0\nPyYAML==6.0.3\ndeepspeed==0.19.8\nfilelock==4.2.12\npip==26.3\ntorch==2.13.0+cpu\n"
+    files = ["pyyaml-6.0.3-cp311-cp311-manylinux_2_17_x86_64.whl", "deepspeed-0.19.8.tar.gz", "hjson-3.0.0-py3-none-any.whl"]
+    installed = {"torch": "2.13.0+cpu", "filelock": "4.3.1", "pip": "23.2.1"}
+    assert tool.missing_files(constraints, installed, files) == ["hjson==3.1.0", "filelock==4.2.12"]

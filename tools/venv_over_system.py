@@ -14,6 +14,7 @@ constraints.txt pins, sometimes on nodes with no internet). This script makes .v
   interpreter has of them, so pip keeps them (it cannot reinstall or shadow them: a package that needs
   another torch is a resolution error instead). A pin the kept torch family forbids (torch 2.5 pins
   sympy==1.13.1) is dropped, with a note on stderr.
+  Offline (PIP_NO_INDEX set), it also names the pins PIP_FIND_LINKS has no file for, before pip stops at one.
 - `check` (run by VENV's python, after the install): torch still comes from the interpreter, not VENV.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import os
 import re
 import site
 import subprocess
@@ -157,6 +159,37 @@ def constraints(lock_text: str, family: dict) -> tuple[str, list[str]]:
     return "\n".join(header + ours + kept) + "\n", notes
 
 
+def missing_files(constraints_text: str, installed: dict[str, str], files: list[str]) -> list[str]:
+    """Pins that neither the environment has at that version nor a wheel/sdist in files (names only) provides."""
+    provided = set()
+    for name in files:
+        stem = re.sub(r"\.(whl|tar\.gz|zip)$", "", name)
+        parts = stem.split("-") if name.endswith(".whl") else stem.rsplit("-", 1)
+        if len(parts) >= 2:
+            provided.add((normalize(parts[0]), parts[1]))
+    missing = []
+    for name, version in re.findall(r"^([A-Za-z0-9][\w.-]*)==(\S+)$", constraints_text, flags=re.M):
+        key = normalize(name)
+        if key != "pip" and installed.get(key) != version and (key, version) not in provided:
+            missing.append(f"{name}=={version}")
+    return missing
+
+
+def offline_note(constraints_text: str) -> str | None:
+    """With PIP_NO_INDEX set, a note naming the pins the PIP_FIND_LINKS dirs lack (None when nothing is)."""
+    if os.environ.get("PIP_NO_INDEX", "").lower() not in {"1", "true", "yes", "on"}:
+        return None
+    dirs = os.environ.get("PIP_FIND_LINKS", "").split()
+    files = [f.name for d in dirs if Path(d).is_dir() for f in Path(d).iterdir()]
+    installed = {normalize(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+    missing = missing_files(constraints_text, installed, files)
+    if not missing:
+        return None
+    return (f"offline (PIP_NO_INDEX), and PIP_FIND_LINKS={' '.join(dirs) or '(unset)'} has no file for "
+            f"{', '.join(missing)}: pip will stop at the first it needs; add them "
+            f"(docs/parallelism.md#installing-into-the-clusters-pytorch)")
+
+
 def check() -> None:
     """After the install: torch (and torchvision) still load from outside .venv."""
     import torch
@@ -201,7 +234,8 @@ def run(args: argparse.Namespace) -> None:
         create(args.venv)
     elif args.command == "constraints":
         text, notes = constraints(args.lock.read_text(), installed_family())
-        for note in notes:
+        offline = offline_note(text)
+        for note in notes + ([offline] if offline else []):
             print(f"note: {note}", file=sys.stderr)
         sys.stdout.write(text)
     else:
