@@ -109,8 +109,8 @@ test: $(STAMP)
 
 # Rewrite the lock from what .venv holds now (after a deliberate upgrade; then rerun the golden tests).
 lock: $(STAMP)
-	@test $(TORCH_MODE) = pinned || { echo "error: make lock records the pinned torch, and .venv keeps" \
-		"$(PYTHON)'s (TORCH=system): make install TORCH=pinned first" >&2; exit 2; }
+	@test $(TORCH_MODE) = pinned || { echo "error: make lock records the pinned torch, and this .venv keeps an existing one" \
+		"(TORCH=system): make install TORCH=pinned first" >&2; exit 2; }
 	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --all | grep -v '^-e \|^megarank'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 clean-venv:

@@ -12,8 +12,8 @@ constraints.txt pins, sometimes on nodes with no internet). This script makes .v
   is in the venv's. site.addsitedir (not a bare path line) so the parent's own .pth files are read too.
 - `constraints LOCK` (run by VENV's python): LOCK without the torch family's lines, plus the versions the
   interpreter has of them, so pip keeps them (it cannot reinstall or shadow them: a package that needs
-  another torch is a resolution error instead). A pin the kept torch family forbids (torch 2.5 pins
-  sympy==1.13.1) is dropped, with a note on stderr.
+  another torch is a resolution error instead). A pin the kept torch family forbids (say, torch
+  requiring an exact sympy) is dropped, with a note on stderr.
   Offline (PIP_NO_INDEX set), it also names the pins PIP_FIND_LINKS has no file for, before pip stops at one.
 - `check` (run by VENV's python, after the install): torch still comes from the interpreter, not VENV.
 """
@@ -202,9 +202,9 @@ def check() -> None:
             modules.append(torchvision)
         except Exception as error:  # only the ViT's image data needs it: say so, keep the install
             print(f"note: the interpreter's torchvision does not load with its torch {torch.__version__} "
-                  f"({type(error).__name__}: {error}); the ViT's image datasets need one that does", file=sys.stderr)
+                  f"({type(error).__name__}: {error}); the ViT needs one that does", file=sys.stderr)
     else:
-        print("note: the interpreter has no torchvision; the ViT's image datasets need it", file=sys.stderr)
+        print("note: the interpreter has no torchvision; the ViT needs it", file=sys.stderr)
     for module in modules:
         if prefix in Path(module.__file__).resolve().parents:
             raise SetupError(f"{module.__name__} {module.__version__} was installed into {prefix}, shadowing the "
