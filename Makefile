@@ -4,7 +4,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# TORCH=pinned: constraints.txt's torch, installed into .venv. TORCH=system: keep the torch $(PYTHON) already
+# has (an NGC container, a cluster module; tools/venv_over_system.py). Unset: the way .venv was made, or, before
+# there is one, system when $(PYTHON) imports a CUDA build of torch.
+TORCH ?=
+TORCH_MODE_FILE := $(VENV)/.torch-mode
+VENV_MODE := $(or $(shell cat $(TORCH_MODE_FILE) 2>/dev/null),$(if $(wildcard $(PY)),pinned))
+TORCH_MODE := $(or $(TORCH),$(VENV_MODE),$(shell $(PYTHON) tools/venv_over_system.py detect 2>/dev/null),pinned)
+STAMP := $(VENV)/.installed$(if $(filter system,$(TORCH_MODE)),-system-torch)
 # DeepSpeed JIT-builds its CPU comm op on first use: keep it inside .venv, built once by `make install`.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
@@ -32,13 +39,28 @@ install: $(STAMP)
 
 # constraints.txt pins every package (the lock): every machine gets the versions the figures were measured with.
 LOCK := constraints.txt
+# TORCH=system pins the interpreter's torch family instead (a copy generated into .venv); nothing upgrades pip
+# there, so PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR (pip reads both itself) installs offline from a wheel directory.
+INSTALL_LOCK := $(if $(filter system,$(TORCH_MODE)),$(VENV)/constraints-system-torch.txt,$(LOCK))
+PACKAGES := deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib setuptools
 $(STAMP): setup.py $(LOCK)
+	@case "$(TORCH_MODE)" in pinned|system) ;; *) echo "error: TORCH=$(TORCH_MODE) is not a mode:" \
+		"use TORCH=pinned (constraints.txt's torch) or TORCH=system (the torch $(PYTHON) has)" >&2; exit 2;; esac
+	# A .venv made the other way is made again: switching TORCH must not keep the other torch.
+	$(if $(filter-out $(TORCH_MODE),$(VENV_MODE)),rm -rf $(VENV))
+ifeq ($(TORCH_MODE),system)
+	$(PYTHON) tools/venv_over_system.py create $(VENV)
+	$(PY) tools/venv_over_system.py constraints $(LOCK) > $(INSTALL_LOCK)
+else
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	echo pinned > $(TORCH_MODE_FILE)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip setuptools
 	# The pinned build installs from local disk here and runs CUDA on a GPU cluster.
 	$(PY) -m pip install -q -c $(LOCK) torch torchvision
-	$(PY) -m pip install -q -c $(LOCK) deepspeed sentencepiece datasets zstandard omegaconf tensorboard safetensors tqdm matplotlib
-	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[dev,paper]'
+endif
+	$(PY) -m pip install -q -c $(INSTALL_LOCK) $(PACKAGES)
+	$(PY) -m pip install -q -c $(INSTALL_LOCK) --no-build-isolation -e '.[dev,paper]'
+	$(if $(filter system,$(TORCH_MODE)),$(PY) tools/venv_over_system.py check)
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	touch $(STAMP)
 
@@ -93,6 +115,8 @@ test: $(STAMP)
 
 # Rewrite the lock from what .venv holds now (after a deliberate upgrade; then rerun the golden tests).
 lock: $(STAMP)
+	@test $(TORCH_MODE) = pinned || { echo "error: make lock records the pinned torch, and this .venv keeps an existing one" \
+		"(TORCH=system): make install TORCH=pinned first" >&2; exit 2; }
 	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --all | grep -v '^-e \|^megarank'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 clean-venv:
