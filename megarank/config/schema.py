@@ -234,8 +234,8 @@ class TrainConfig(Freezable):
     Same losses and gradients as 'none', dropout included (both RNG streams are replayed)."""
     compile: bool = False
     """torch.compile every transformer block (fullgraph: a graph break is an error, and so is a recompilation
-    beyond the train and eval graphs). Off by default: whether it pays depends on the device and the model size
-    (measure with `make bench`)."""
+    beyond the train and eval graphs). Off by default: it paid neither on CPU nor consistently on one H100 at
+    GPT-2 small (docs/performance.md); measure your model with `make bench`."""
     activation_checkpointing_every: int = 2
     """With 'selective': checkpoint blocks 0, k, 2k, ... (k = this). Recomputing only the attention core, the
     other selective mode Megatron has, would save nothing: flash/SDPA attention never stores the T×T scores."""
