@@ -133,10 +133,15 @@ def test_missing_shard(llama, tmp_path, capsys):
 
 
 def test_unknown_tensor_names(tmp_path, capsys):
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=16)
-    transformers.GPT2Model(config).save_pretrained(tmp_path, safe_serialization=True)
+    g = torch.Generator().manual_seed(4)  # MPT's names, a layout megarank does not read
+    save_file({"transformer.wte.weight": torch.randn(64, 16, generator=g),
+               "transformer.blocks.0.attn.Wqkv.weight": torch.randn(48, 16, generator=g),
+               "transformer.blocks.0.attn.out_proj.weight": torch.randn(16, 16, generator=g)},
+              str(tmp_path / "model.safetensors"))
     line = run_cli_error(capsys, tmp_path, "--out", tmp_path / "out")
-    assert f"'{tmp_path}': no attention weights recognised" in line and "h.0." in line
+    assert line.startswith(f"error: '{tmp_path}': no attention weights recognised (found "
+                           "'transformer.blocks.0.attn.Wqkv.weight', 'transformer.blocks.0.attn.out_proj.weight')")
+    assert "megarank reads the layouts of LLaMA" in line and "GPT-2" in line and "Phi-3" in line
 
 
 def test_mismatched_head_count(llama, tmp_path, capsys):
