@@ -4,7 +4,9 @@
     megarank-rank PATH --out DIR [--rtol 0.01] [--atol 0.001] [--weights module|fp32] [--plot-layers 0,5]
     megarank-rank compare PATH PATH ... --out DIR [--x auto|wd_attn|step|index] [--all-steps]
 
-PATH is a megarank run dir, checkpoint dir or global_step<N> tag, or a Hugging Face safetensors directory.
+PATH is a megarank run dir, checkpoint dir or global_step<N> tag, or a Hugging Face safetensors directory of any
+layout in megarank/analysis/readers/hf_layouts.py (LLaMA/Mistral/Qwen2/Qwen3/Gemma/OPT, BERT, GPT-2, GPT-NeoX/
+Pythia, Falcon, Phi-3).
 Thin: parse, open the source, analyse (megarank/analysis/report.py), write. A user error prints one line,
 `error: ...`, on stderr and exits 2, with nothing written.
 """
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from megarank.analysis.compare import X_CHOICES, write_compare
+from megarank.analysis.compare import STEP_HELP, X_CHOICES, write_compare
 from megarank.analysis.readers import open_source
+from megarank.analysis.readers.hf_layouts import families
 from megarank.analysis.report import analyse, write_report
 from megarank.analysis.spectra import DEFAULT_ATOL, DEFAULT_RTOL, QR_METHODS
 from megarank.ckpt.resolve import looks_like_checkpoint, tags_at
@@ -53,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megarank-rank", description="Per-head rank of W_Q^T W_K and W_O W_V in a checkpoint; "
                                           "`megarank-rank compare -h` compares several.")
-    parser.add_argument("path", type=Path, help="run dir, checkpoint dir, global_step<N>, or HF safetensors dir")
+    parser.add_argument("path", type=Path,
+                        help=f"run dir, checkpoint dir, global_step<N>, or HF safetensors dir ({families()})")
     parser.add_argument("--plot-layers", default=None,
                         help="comma-separated layers for the per-head figures (default: first, middle, last)")
     _common(parser)
@@ -64,9 +68,12 @@ def _compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megarank-rank compare", description="The rank metrics of several checkpoints in one table and plot "
                                                   "(rank vs wd_attn for a sweep, rank vs step for one run).")
-    parser.add_argument("paths", nargs="+", type=Path, help="checkpoints, as for megarank-rank PATH")
+    parser.add_argument("paths", nargs="+", type=Path,
+                        help="checkpoints, as for megarank-rank PATH: e.g. one Hugging Face directory per training "
+                             "step of one model (Pythia-style) for rank vs step")
     parser.add_argument("--x", default="auto", choices=X_CHOICES,
-                        help="x axis: auto (wd_attn if it varies, else step, else command-line order)")
+                        help="x axis: auto (wd_attn if it varies, else step, else command-line order). The step is "
+                             f"{STEP_HELP}")
     parser.add_argument("--all-steps", action="store_true",
                         help="expand each megarank run or checkpoint dir into all its complete checkpoints")
     _common(parser)
@@ -119,6 +126,8 @@ def run_analyse(argv: list[str]) -> int:
     table, layers = _analyse_path(args.path, args)
     written = write_report(table, args.out, plots=not args.no_plots, plot_layers=layers)
     print(f"{table.info.source}: {_describe(table)}")
+    if "qk_norm" in table.info.details:
+        print(f"note: {table.info.details['qk_norm']}")
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0
 
@@ -136,6 +145,8 @@ def run_compare(argv: list[str]) -> int:
     written = write_compare(tables, args.out, x=args.x, plots=not args.no_plots)
     for table in tables:
         print(f"{table.info.source}: {_describe(table)}")
+    if "qk_norm" in table.info.details:
+        print(f"note: {table.info.details['qk_norm']}")
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0
 
