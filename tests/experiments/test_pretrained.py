@@ -1,7 +1,10 @@
 """The `pretrained` experiment (Fig 4) through megarank-exp's entry point: the default (all-MiniLM-L6-v2 from
 its package) end to end; a tiny BERT built with `transformers` whose heads are made balanced in layer 0 and
 unbalanced in layer 1, each head's balance checked against the formed product's naive SVD; a tiny LLaMA with
-grouped-query attention against the same direct computation; bad input (a missing path, the package absent)."""
+grouped-query attention against the same direct computation; tiny GPT-2, GPT-NeoX, OPT, Falcon, Phi-3 and Qwen3
+models through the entry point (as `make exp-pretrained MODEL=DIR` runs it), each head's balance against the one
+formed from transformers' own per-head split (tests/analysis/test_hf_families.py); bad input (a missing path,
+the package absent)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import transformers  # a declared test dependency (setup.py extras 'dev')
 from megarank.experiments import pretrained
 from megarank.experiments.cli import main
 from megarank.experiments.runner import run_experiment
+from tests.analysis.test_hf_families import FAMILIES
 from tests.analysis.test_spectra import naive_head_products
 
 
@@ -152,6 +156,31 @@ def test_llama_with_grouped_query_attention_matches_direct_computation(tmp_path)
             np.testing.assert_allclose(measured[product][layer], expected[product], rtol=1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["family"], summary["n_kv_heads"]) == ("llama", 2)
+
+
+def nuclear_balance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """2‖ABᵀ‖_* / (‖A‖² + ‖B‖²) from the formed product's SVD."""
+    return 2 * torch.linalg.svdvals(a @ b.T).sum().item() / (a.square().sum() + b.square().sum()).item()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "opt", "falcon_new_decoder_gqa", "phi3", "qwen3"])
+def test_every_family_through_the_entry_point(family, tmp_path):
+    spec = FAMILIES[family]
+    model = spec.build()
+    model.save_pretrained(tmp_path / family, safe_serialization=True)
+    out = tmp_path / "out"
+    assert main(["pretrained", f"model={tmp_path / family}", f"out_dir={out}", "--no-progress"]) == 0
+    name, n, kv, d, _ = spec.geometry
+    measured = read_balances(out, 2, n)
+    for layer, attn in enumerate(spec.attention(model)):
+        heads = [tuple(w.detach().double() for w in head) for head in spec.split(attn, n, kv, d)]
+        expected = {"qk": [nuclear_balance(q.T, k.T) for q, k, _, _ in heads],
+                    "ov": [nuclear_balance(o, v.T) for _, _, v, o in heads]}
+        for product in ("qk", "ov"):
+            np.testing.assert_allclose(measured[product][layer], expected[product], rtol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["family"], summary["n_heads"], summary["n_kv_heads"], summary["d_head"]) == (name, n, kv, d)
+    assert ("qk_norm" in summary) == spec.qk_norm
 
 
 def test_bad_model_path(capsys, tmp_path):
