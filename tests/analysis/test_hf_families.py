@@ -5,10 +5,13 @@ head, the test splits the module's own torch weights into W_Q,h, W_K,h, W_V,h, W
 Falcon's per-K/V-group [q.., k, v] in its three forms, Phi-3's [all q; all k; all v], ...), forms W_Q,hᵀW_K,h and
 W_O,h W_V,h, takes torch.linalg.svdvals, and compares with megarank-rank's singular values (1e-6 of σ_max, in
 float64). Layer 0's attention output computed from the reader's split (q, k, v, o) is compared with the module's
-own forward (float64 but for the softmax, identity RoPE, biases zeroed), which catches any interleaving mistake the spectra miss."""
+own forward (float64 but for the softmax, identity RoPE, biases zeroed), which catches any interleaving mistake
+the spectra miss. Also: head counts read from each family's config names (Falcon's multi_query), or --n-heads
+without config.json."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +22,7 @@ import transformers  # a declared test dependency (setup.py extras 'dev')
 
 from megarank.analysis.readers import open_source
 from megarank.analysis.report import analyse
+from megarank.errors import MegarankError
 
 T = transformers
 SMALL = dict(vocab_size=64, num_hidden_layers=2)
@@ -51,7 +55,8 @@ def split_neox(attn, n: int, kv: int, d: int):
 
 def split_falcon(attn, n: int, kv: int, d: int):
     """FalconAttention._split_heads: new_decoder_architecture views (.., n_kv, n/n_kv + 2, d_head) (q.., k, v per
-    group); multi_query views (.., n + 2, d_head) (all q, one k, one v); else (.., n, 3, d_head) ([q, k, v] per head)."""
+    group); multi_query views (.., n + 2, d_head) (all q, one k, one v); else (.., n, 3, d_head) ([q, k, v] per
+    head)."""
     w, o = attn.query_key_value.weight, attn.dense.weight
     out = []
     for h in range(n):
@@ -224,3 +229,23 @@ def test_the_readers_split_reproduces_the_modules_forward(saved):
         want = reference_attention(x, q, k, v, o, n, kv, d, scale, mask, *norms)
     # most families' eager kernels take the softmax in float32: agreement to ~1e-9, where a wrong split is O(1)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_head_counts_follow_each_familys_config_names(tmp_path):
+    """Falcon's multi_query decides its K/V heads (a config that contradicts the weights is refused, naming the
+    tensor); GPT-2 without config.json reads with --n-heads, its K/V heads read off c_attn's width."""
+    falcon = FAMILIES["falcon_multi_query"].build()
+    falcon.save_pretrained(tmp_path / "falcon", safe_serialization=True)
+    config = json.loads((tmp_path / "falcon" / "config.json").read_text())
+    config["multi_query"] = False
+    (tmp_path / "falcon" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MegarankError, match=r"h\.0\.self_attention\.query_key_value\.weight has shape \(48, 32\), "
+                                            r"expected \(96, 32\) for 4 heads \(4 K/V\)"):
+        open_source(tmp_path / "falcon")
+    gpt2 = FAMILIES["gpt2"].build()
+    gpt2.save_pretrained(tmp_path / "gpt2", safe_serialization=True)
+    (tmp_path / "gpt2" / "config.json").unlink()
+    with pytest.raises(MegarankError, match="pass --n-heads"):
+        open_source(tmp_path / "gpt2")
+    with open_source(tmp_path / "gpt2", n_heads=4) as source:
+        assert (source.info.family, source.info.n_kv_heads, source.info.d_head) == ("gpt2", 4, 8)
