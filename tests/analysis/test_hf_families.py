@@ -7,7 +7,7 @@ W_O,h W_V,h, takes torch.linalg.svdvals, and compares with megarank-rank's singu
 float64). Layer 0's attention output computed from the reader's split (q, k, v, o) is compared with the module's
 own forward (float64 but for the softmax, identity RoPE, biases zeroed), which catches any interleaving mistake
 the spectra miss. Also: head counts read from each family's config names (Falcon's multi_query), or --n-heads
-without config.json."""
+without config.json; and the note megarank-rank prints when Qwen3's q/k norms sit between the factors."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 import torch
 import transformers  # a declared test dependency (setup.py extras 'dev')
 
+from megarank.analysis.cli import main
 from megarank.analysis.readers import open_source
 from megarank.analysis.report import analyse
 from megarank.errors import MegarankError
@@ -249,3 +250,13 @@ def test_head_counts_follow_each_familys_config_names(tmp_path):
         open_source(tmp_path / "gpt2")
     with open_source(tmp_path / "gpt2", n_heads=4) as source:
         assert (source.info.family, source.info.n_kv_heads, source.info.d_head) == ("gpt2", 4, 8)
+
+
+def test_the_cli_says_when_q_k_norms_sit_between_the_factors(tmp_path, capsys):
+    """Qwen3: megarank-rank's output and summary.json state that the raw W_Q, W_K were analysed."""
+    FAMILIES["qwen3"].build().save_pretrained(tmp_path / "qwen3", safe_serialization=True)
+    assert main([str(tmp_path / "qwen3"), "--out", str(tmp_path / "out"), "--no-plots", "--no-progress"]) == 0
+    note = "note: q_norm/k_norm present: the qk product analysed is W_Q,hᵀW_K,h of the raw weights"
+    assert note in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["details"]["qk_norm"].startswith("q_norm/k_norm present")
