@@ -2,7 +2,7 @@
 
     open_source(path) -> WeightSource, picked from what is on disk:
         megarank_ckpt.MegarankCheckpoint   a megarank run dir, its checkpoint.dir, or one global_step<N> tag
-        hf_safetensors.SafetensorsModel    a Hugging Face directory of *.safetensors (LLaMA- or BERT-style)
+        hf_safetensors.SafetensorsModel    a Hugging Face directory of *.safetensors (the layouts of hf_layouts.py)
 
 A reader checks everything it can before the first layer is read (files present and readable, tensor names
 known, shapes consistent with the head count), so bad input fails before any work is done or output written.
