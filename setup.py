@@ -42,6 +42,7 @@ setup(
             "megarank-ckpt=megarank.ckpt.cli:main",
             "megarank-sweep=megarank.sweep.cli:main",
             "megarank-exp=megarank.experiments.cli:main",
+            "megarank-export=megarank.hf.export_cli:main",
         ],
     },
 )
