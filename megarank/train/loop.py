@@ -2,9 +2,10 @@
 attention rank and group weight norms -> checkpoint, until max_steps, a divergence (stops before saving) or a
 preemption (stops after saving).
 
-setup() runs, in order: find the checkpoint to resume from -> train.init_from's model keys -> open the data -> resolve the config against
-it, freeze it and validate it at this world size -> resume checks -> process layout -> task -> model (train.init_from's weights loaded whole) ->
-parallelize (TP, activation checkpointing, compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
+setup() runs, in order: find the checkpoint to resume from -> train.init_from's model keys -> open the data ->
+resolve the config against it, freeze it and validate it at this world size -> resume checks -> process layout
+-> task -> model (train.init_from's weights loaded whole) -> parallelize (TP, activation checkpointing,
+compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
 directory is touched, and on every rank at once (train/failures.py).
 
 The data position is the number of samples consumed (saved in the checkpoint), not step × global_batch, so a
