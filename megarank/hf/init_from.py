@@ -80,8 +80,7 @@ class InitSource:
 
         config = _read_json(path / "config.json")
         layout = import_layout(config, str(path))
-        biases = {name: t for name, t in _hf_tensors(path, biases_only=True).items()}
-        keys = model_keys(layout, config, nonzero_bias=nonzero_bias(biases, layout))
+        keys = model_keys(layout, config, nonzero_bias=nonzero_bias(_hf_tensors(path, biases_only=True), layout))
         tokenizer = path / "tokenizer.model"  # a megarank export keeps the SentencePiece model
         return cls(path, "hf", keys, model_sha256(tokenizer) if tokenizer.is_file() else None)
 

@@ -269,7 +269,7 @@ def megarank_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
 
-def _bias_free_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+def _shapes_with_biases(cfg: ModelConfig) -> dict[str, torch.Size]:
     """The shapes of cfg's GPT with biases: what a zero bias fills in for."""
     return megarank_shapes(dataclasses.replace(cfg, bias=True))
 
@@ -277,7 +277,7 @@ def _bias_free_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
 def to_hf_state(layout: HFLayout, cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The HF tensors of megarank's state dict `state` (every parameter; a tied head may be present): each its
     own contiguous storage (safetensors refuses shared ones), zeros for the biases megarank lacks."""
-    full = _bias_free_shapes(cfg)
+    full = _shapes_with_biases(cfg)
     dtype = state["wte.weight"].dtype
     out, used = {}, set()
     for hf_name, ours, kind in layout.rules(cfg):
@@ -303,7 +303,7 @@ def from_hf_state(layout: HFLayout, cfg: ModelConfig, hf: Mapping[str, torch.Ten
                   ) -> dict[str, torch.Tensor]:
     """megarank's state dict (every parameter, a tied head included) from the HF tensors `hf`, for the GPT of
     cfg; each shape checked, every HF tensor accounted for."""
-    shapes, full = megarank_shapes(cfg), _bias_free_shapes(cfg)
+    shapes, full = megarank_shapes(cfg), _shapes_with_biases(cfg)
     out, used = {}, set()
     for hf_name, ours, kind in layout.rules(cfg):
         if hf_name not in hf:

@@ -20,7 +20,7 @@ from megarank.config.schema import DataConfig
 from megarank.data.batches import micro_batch
 from megarank.data.training_data import open_text_data
 from megarank.evaluation.load import load_gpt
-from tests.helpers import TINY, read_metrics, run_training, train_losses
+from tests.helpers import read_metrics, run_training, train_losses
 
 transformers = pytest.importorskip("transformers")
 
