@@ -59,7 +59,7 @@ else
 	$(PY) -m pip install -q -c $(LOCK) torch torchvision
 endif
 	$(PY) -m pip install -q -c $(INSTALL_LOCK) $(PACKAGES)
-	$(PY) -m pip install -q -c $(INSTALL_LOCK) --no-build-isolation -e '.[dev,paper]'
+	$(PY) -m pip install -q -c $(INSTALL_LOCK) --no-build-isolation -e '.[dev,paper,eval]'
 	$(if $(filter system,$(TORCH_MODE)),$(PY) tools/venv_over_system.py check)
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	touch $(STAMP)

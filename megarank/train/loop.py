@@ -2,9 +2,10 @@
 attention rank and group weight norms -> checkpoint, until max_steps, a divergence (stops before saving) or a
 preemption (stops after saving).
 
-setup() runs, in order: find the checkpoint to resume from -> open the data -> resolve the config against
-it, freeze it and validate it at this world size -> resume checks -> process layout -> task -> model ->
-parallelize (TP, activation checkpointing, compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
+setup() runs, in order: find the checkpoint to resume from -> train.init_from's model keys -> open the data ->
+resolve the config against it, freeze it and validate it at this world size -> resume checks -> process layout
+-> task -> model (train.init_from's weights loaded whole) -> parallelize (TP, activation checkpointing,
+compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
 directory is touched, and on every rank at once (train/failures.py).
 
 The data position is the number of samples consumed (saved in the checkpoint), not step × global_batch, so a
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from megarank.config import (ExperimentConfig, data_parallel_size, frozen, gradient_accumulation_steps, resolve,
                              to_yaml, validate)
 from megarank.data.training_data import open_training_data
+from megarank.hf.init_from import InitSource
 from megarank.optim.schedule import follow_configured_peak
 from megarank.parallel.layout import DeepSpeedMPU, ParallelLayout, build_layout
 from megarank.parallel.parallelize import parallelize
@@ -151,6 +153,10 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
     with setup_checked_on_every_rank():
         # collective (rank 0 decides for all): first, before any check that can fail on one rank alone
         resume_from = checkpoint.resolve_resume(cfg.train.resume, Path(cfg.checkpoint.dir))
+        # train.init_from: the model section from the source now, its weights (unless resuming) read below
+        init = InitSource.open(cfg.train.init_from) if cfg.train.init_from else None
+        if init is not None:
+            cfg = init.configure(cfg)
         data = open_training_data(cfg.data, cfg.model, seed=cfg.seed, show_progress=world.is_main)
         cfg = frozen(resolve(cfg, data.info))  # from here on nothing changes the config
         validate(cfg, world.world_size)
@@ -159,11 +165,16 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
             resume_from, cfg.parallel.tp, data_parallel_size(cfg, world.world_size), cfg.zero.stage)
         if resume_from is not None:
             check_resume(resume_from, cfg, data.identity)
+        if init is not None:
+            init.check_data(data.identity)
+        init_state = init.read_weights(cfg.model) if init is not None and resume_from is None else None
     layout = build_layout(cfg.parallel.tp)  # collective: every rank passed the checks above
     task = task_for(data, cfg.model, cfg.train, layout, world.device)
 
     torch.manual_seed(cfg.seed)  # same full init on every rank; TP ranks then keep their slices
     model = task.build_model()
+    if init_state is not None:  # whole weights, before TP slices them and ZeRO-3 partitions them
+        model.load_state_dict(init_state)
     tp_rng = parallelize(model, layout, cfg.train, cfg.zero.stage, seed=cfg.seed, device=world.device)
     model.to(world.device)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them away
@@ -181,6 +192,9 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
         log.info("data: %s", task.description)
         log.info("model: %.2fM parameters%s; weight-decay groups:\n%s", n_params / 1e6,
                  " per TP rank" if layout.tp_size > 1 else "", group_table)
+        if init is not None:
+            log.info("%s %s", "model section from" if resume_from is not None else "weights initialised from",
+                     init.path)
         if resume_from is not None:
             log.info("resumed from %s at step %d, %d samples consumed%s", resume_from, step, consumed_samples,
                      " (re-sharded through a universal checkpoint)" if universal else "")
