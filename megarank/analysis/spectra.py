@@ -186,25 +186,29 @@ def _exact_bf16_matmul():
 def bf16_grams(weight: torch.Tensor, d_head: int, *, rows: bool) -> tuple[torch.Tensor, bool]:
     """Every head's Gram AᵀA of a bf16 projection (H, d_head, d_head) in float64, from float32 GEMMs of the
     exact products accumulated over blocks of GRAM_BLOCK (module docstring), and whether the sampled head's
-    error stayed within GRAM32_ERROR (if not, use these Grams for nothing)."""
-    heads = _head_rows(weight, d_head, rows)  # (H, d_head, d_model), bf16
-    n, _, d_model = heads.shape
-    block = min(GRAM_BLOCK, d_model)
-    n_blocks = -(-d_model // block)
-    if d_model % block:  # a ragged last block: pad with zeros, which add nothing to a Gram
-        heads = torch.nn.functional.pad(heads, (0, n_blocks * block - d_model))
-    per_chunk = max(1, _BLOCK_BYTES // (d_head * n_blocks * block * 4))
-    buffer = torch.empty(min(per_chunk, n), n_blocks, d_head, block)
-    grams = torch.empty(n, d_head, d_head, dtype=torch.float64)
+    error stayed within GRAM32_ERROR (if not, use these Grams for nothing).
+
+    Each block of d_model is converted to float32 contiguously (a 16 MB buffer): for q/k/v the block is a
+    column range, one GEMM per head batched; for o it is a row range, one GEMM per head on its columns."""
+    w = weight.detach()
+    d_model = w.shape[1] if rows else w.shape[0]
+    n = (w.shape[0] if rows else w.shape[1]) // d_head
+    grams = torch.zeros(n, d_head, d_head, dtype=torch.float64)
+    storage = torch.empty(min(GRAM_BLOCK, d_model) * n * d_head)
     with _exact_bf16_matmul():
-        for h in range(0, n, per_chunk):
-            part = heads[h:h + per_chunk]
-            m = part.shape[0]
-            buf = buffer[:m]
-            buf.copy_(part.view(m, d_head, n_blocks, block).transpose(1, 2))  # (m, blocks, d_head, block) float32
-            flat = buf.view(m * n_blocks, d_head, block)
-            grams[h:h + m] = (flat @ flat.mT).view(m, n_blocks, d_head, d_head).double().sum(1)
-    sample = heads[0].double()
+        for start in range(0, d_model, GRAM_BLOCK):
+            width = min(GRAM_BLOCK, d_model - start)
+            if rows:  # (H·d_head, block) -> (H, d_head, block): head h's factor, transposed
+                block = storage[:n * d_head * width].view(n, d_head, width)
+                block.copy_(w[:, start:start + width].view(n, d_head, width))
+                grams += block @ block.mT
+            else:  # (block, H·d_head): head h's factor in columns [h·d_head, (h+1)·d_head)
+                block = storage[:width * n * d_head].view(width, n * d_head)
+                block.copy_(w[start:start + width])
+                for h in range(n):
+                    part = block[:, h * d_head:(h + 1) * d_head]
+                    grams[h] += part.T @ part
+    sample = (w[:d_head] if rows else w[:, :d_head].T).double()  # head 0, (d_head, d_model)
     exact = sample @ sample.T
     error = torch.linalg.eigvalsh(grams[0] - exact).abs().max()  # ‖G̃ − G‖₂ of a symmetric difference
     return grams, bool(error <= GRAM32_ERROR * _top_eigenvalue(exact[None])[0])
@@ -243,10 +247,12 @@ def _mixed_spectra(weights: dict[str, torch.Tensor], d_head: int, group: int, qr
         r_a, bad_a = cholesky_r(grams[a])
         r_b, bad_b = cholesky_r(grams[b])
         owner = torch.arange(r_a.shape[0]) // group  # the K/V head each query head reads
-        r_b_per = r_b[owner]
-        s = core_spectra(r_a, r_b_per)
+        g_a, g_b = grams[a], grams[b][owner]
+        sv = torch.linalg.svdvals(r_a @ r_b[owner].mT)  # (H, k), descending
+        s = Spectra(sv=sv, l2_half=(g_a.diagonal(0, -2, -1).sum(-1) + g_b.diagonal(0, -2, -1).sum(-1)) / 2,
+                    imbalance=torch.linalg.matrix_norm(g_a - g_b))
         lam = _top_eigenvalue(grams[a]) * _top_eigenvalue(grams[b])[owner]
-        sv_min, sv_max = s.sv[:, -1], s.sv[:, 0]
+        sv_min, sv_max = sv[:, -1], sv[:, 0]
         bound = 2 * GRAM32_ERROR * lam / (sv_max * sv_min)
         keep = bound <= MIXED_TOL  # False for NaN and for zero σ_min
         keep[bad_a] = False
