@@ -139,11 +139,12 @@ def floors(ckpt: Path, repeats: int) -> dict:
         info = source.info
         start = time.perf_counter()
         attention_bytes = 0
-        for shards in source.layers():
+        for shards in source.layers():  # the reader maps the files; cloning brings every byte into memory
             for shard in shards:
-                attention_bytes += sum(w.numel() * w.element_size() for w in (shard.q, shard.k, shard.v, shard.o))
+                attention_bytes += sum(w.clone().numel() * w.element_size() for w in (shard.q, shard.k, shard.v, shard.o))
         read_all = time.perf_counter() - start
-        read_layer = best(lambda: next(iter(source.layers())))
+        read_layer = best(lambda: [w.clone() for w in vars(next(iter(source.layers()))[0]).values()
+                                   if isinstance(w, torch.Tensor)])
         shard = next(iter(source.layers()))[0]
     weights = (shard.q, shard.k, shard.v, shard.o)
     saved = torch.get_num_threads()
