@@ -12,13 +12,17 @@ directory without it holds no finished result (a crash between two renames leave
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import json
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ class RankTable:
     metrics: dict[str, dict[str, np.ndarray]]  # product -> metric -> (n_layers, n_heads)
     sv: dict[str, np.ndarray]  # product -> (n_layers, n_heads, d_head), descending
     seconds: float
+    timing: dict = field(default_factory=dict)  # read_s (reader thread), compute_cpu_s (summed over workers)
 
     def rows(self) -> list[dict]:
         """ranks.csv's rows, in file order."""
@@ -72,6 +77,7 @@ class RankTable:
         return {
             "tool": "megarank-rank", "version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(self.seconds, 3),
+            "timing": self.timing,
             "source": info.source, "format": info.format,
             "model": {"family": info.family, "n_layers": info.n_layers, "n_heads": info.n_heads,
                       "n_kv_heads": info.n_kv_heads, "d_model": info.d_model, "d_head": info.d_head},
@@ -130,38 +136,91 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
         thread.join()
 
 
+@contextmanager
+def _single_threaded_kernels():
+    """torch's intra-op threads set to 1 inside, restored after: the analysis runs one layer per worker thread
+    instead, since a 128 × 128 LAPACK call split over cores spends more time synchronising than computing."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def analyse(source: WeightSource, *, rtol: float, atol: float, dtype: torch.dtype = torch.float64,
-            device: str = "cpu", qr: str = "cholesky", progress: bool = True) -> RankTable:
-    """Run the factor trick over every layer of `source`, with at most three layers' attention weights in memory:
-    the one being decomposed and up to two read ahead (see prefetched)."""
+            device: str = "cpu", qr: str = "cholesky", mixed: bool = True, workers: int | None = None,
+            progress: bool = True) -> RankTable:
+    """Run the factor trick over every layer of `source`: a reader thread reads the next layer from disk while
+    `workers` threads (default: torch's thread count, i.e. the cores; 1 on a GPU) each decompose one layer
+    with single-threaded kernels. At most workers + 2 layers' attention weights are in memory at once."""
     info, start = source.info, time.perf_counter()
     shape = (info.n_layers, info.n_heads)
     metrics = {p: {m: np.zeros(shape, dtype=np.int64 if m in _INTEGER else np.float64) for m in METRICS}
                for p in PRODUCTS}
     sv = {p: np.zeros((*shape, info.d_head)) for p in PRODUCTS}
     seen = np.zeros(shape, dtype=bool)
-    bar = tqdm(prefetched(source.layers()), total=info.n_layers, desc=f"rank {Path(info.source).name}", unit="layer",
-               disable=not progress)
-    for shards in bar:
-        for shard in shards:
-            try:
-                spectra = layer_spectra(shard.q, shard.k, shard.v, shard.o, info.d_head, dtype=dtype, device=device,
-                                        qr=qr)
-            except ValueError as err:
-                raise MegarankError(f"'{info.source}': layer {shard.layer}: {err}") from None
-            heads = slice(shard.first_head, shard.first_head + shard.q.shape[0] // info.d_head)
-            seen[shard.layer, heads] = True
-            for product, s in spectra.items():
-                sv[product][shard.layer, heads] = s.sv.numpy()
-                for name, values in head_metrics(s, rtol=rtol, atol=atol).items():
-                    metrics[product][name][shard.layer, heads] = values
+    float64_heads = 0
+    on_cpu = torch.device(device).type == "cpu"
+    workers = max(1, workers if workers is not None else (torch.get_num_threads() if on_cpu else 1))
+    read_s = 0.0
+
+    def timed_layers() -> Iterator:
+        nonlocal read_s
+        layers = iter(source.layers())
+        while True:
+            t0 = time.perf_counter()
+            shards = next(layers, None)
+            read_s += time.perf_counter() - t0
+            if shards is None:
+                return
+            yield shards
+
+    def decompose(shard) -> tuple:
+        t0 = time.thread_time()
+        try:
+            spectra = layer_spectra(shard.q, shard.k, shard.v, shard.o, info.d_head, dtype=dtype, device=device,
+                                    qr=qr, mixed=mixed)
+        except ValueError as err:
+            raise MegarankError(f"'{info.source}': layer {shard.layer}: {err}") from None
+        return shard, spectra, time.thread_time() - t0
+
+    compute_s = 0.0
+    bar = tqdm(total=info.n_layers, desc=f"rank {Path(info.source).name}", unit="layer", disable=not progress)
+    kernels = _single_threaded_kernels() if on_cpu and workers > 1 else contextlib.nullcontext()
+    with kernels, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="megarank-rank") as pool:
+        pending: collections.deque = collections.deque()
+
+        def collect() -> None:
+            nonlocal float64_heads, compute_s
+            for shard, spectra, seconds in pending.popleft().result():
+                compute_s += seconds
+                heads = slice(shard.first_head, shard.first_head + shard.q.shape[0] // info.d_head)
+                seen[shard.layer, heads] = True
+                for product, s in spectra.items():
+                    sv[product][shard.layer, heads] = s.sv.numpy()
+                    float64_heads += int(s.float64_gram.sum()) if s.float64_gram is not None else s.sv.shape[0]
+                    for name, values in head_metrics(s, rtol=rtol, atol=atol).items():
+                        metrics[product][name][shard.layer, heads] = values
+            bar.update(1)
+
+        for shards in prefetched(timed_layers()):
+            pending.append(pool.submit(lambda shards=shards: [decompose(shard) for shard in shards]))
+            while len(pending) > workers:  # in order, and no more layers in flight than workers
+                collect()
+        while pending:
+            collect()
+    bar.close()
     if not seen.all():
         layer, head = map(int, np.argwhere(~seen)[0])
         raise MegarankError(f"'{info.source}': no weights were read for layer {layer} head {head}; the "
                             "checkpoint's shards do not cover every head")
     settings = {"rtol": rtol, "atol": atol, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
-                "qr": qr, "method": "thin QR of both d_model x d_head factors, SVD of the d_head x d_head core"}
-    return RankTable(info=info, settings=settings, metrics=metrics, sv=sv, seconds=time.perf_counter() - start)
+                "qr": qr, "mixed": mixed, "float64_gram_products": float64_heads,
+                "method": "thin QR of both d_model x d_head factors, SVD of the d_head x d_head core"}
+    seconds = time.perf_counter() - start
+    timing = {"read_s": round(read_s, 3), "compute_cpu_s": round(compute_s, 3), "workers": workers}
+    return RankTable(info=info, settings=settings, metrics=metrics, sv=sv, seconds=seconds, timing=timing)
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:

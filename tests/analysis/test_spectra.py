@@ -1,5 +1,6 @@
-"""The factor trick against the naive SVD of the d_model × d_model product (random, rank-deficient and trained
-weights), and each per-head metric against its definition on factors whose answer is known in closed form."""
+"""The factor trick against the naive SVD of the d_model × d_model product (random, rank-deficient, ill-conditioned
+and trained weights; float64 and the mixed-precision path for bf16 weights), and each per-head metric against
+its definition on factors whose answer is known in closed form."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from megarank.analysis.spectra import DEFAULT_RTOL, Spectra, head_metrics, layer_spectra, product_spectra, r_factor
+from megarank.analysis.spectra import (DEFAULT_RTOL, MIXED_TOL, Spectra, cholesky_r, head_metrics, layer_spectra,
+                                      product_spectra, r_factor)
 
 
 def naive_sv(m: torch.Tensor, k: int) -> torch.Tensor:
@@ -188,3 +190,98 @@ def test_spectra_are_heads_first_float64_on_cpu():
     s = layer_spectra(q, k, v, o, 8)["qk"]
     assert isinstance(s, Spectra) and s.sv.shape == (4, 8) and s.sv.dtype == torch.float64
     assert (s.sv[:, :-1] >= s.sv[:, 1:]).all()
+
+
+# Mixed precision: bf16 weights get float32 Grams of their exact products where each head's bound allows
+# (megarank/analysis/spectra.py); every σ must stay within MIXED_TOL·σ_max of the naive SVD of the formed product.
+
+def bf16_heads(d_model: int, n_heads: int, d_head: int, seed: int, spectrum=None) -> torch.Tensor:
+    """(n_heads·d_head, d_model) bf16 rows; each head's factor has the given singular values (random if None)."""
+    g = torch.Generator().manual_seed(seed)
+    if spectrum is None:
+        return (torch.randn(n_heads * d_head, d_model, generator=g) * 0.02).bfloat16()
+    u = torch.linalg.qr(torch.randn(n_heads, d_model, d_head, generator=g, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(n_heads, d_head, d_head, generator=g, dtype=torch.float64))[0]
+    s = torch.as_tensor(spectrum, dtype=torch.float64)
+    return (w @ (u * s).mT).reshape(n_heads * d_head, d_model).bfloat16()
+
+
+def assert_mixed_matches_naive(q, k, v, o, d_head: int, n_kv: int) -> dict:
+    spectra = layer_spectra(q, k, v, o, d_head)
+    for h, qk, ov in naive_head_products(q, k, v, o, d_head, n_kv=n_kv):
+        for product, m in (("qk", qk), ("ov", ov)):
+            full = torch.linalg.svdvals(m)
+            assert full[d_head:].max() <= 1e-12 * full[0]  # nothing beyond the core
+            err = (spectra[product].sv[h] - full[:d_head]).abs().max() / full[0]
+            assert err <= MIXED_TOL, (product, h, float(err))
+    return spectra
+
+
+def test_mixed_precision_keeps_well_conditioned_bf16_heads_and_matches_naive_svd():
+    d_model, n_heads, d_head = 1536, 4, 64  # d_model spans two accumulation blocks (GRAM_BLOCK), one ragged
+    q, k, v = (bf16_heads(d_model, n_heads, d_head, seed) for seed in (10, 11, 12))
+    o = bf16_heads(d_model, n_heads, d_head, 13).T.contiguous()
+    spectra = assert_mixed_matches_naive(q, k, v, o, d_head, n_kv=n_heads)
+    for product in ("qk", "ov"):  # random heads are well conditioned: all on the float32-Gram path
+        assert not spectra[product].float64_gram.any()
+    exact = layer_spectra(q, k, v, o, d_head, mixed=False)
+    for product in ("qk", "ov"):
+        assert exact[product].float64_gram is None
+        err = (spectra[product].sv - exact[product].sv).abs().amax(1) / exact[product].sv[:, 0]
+        assert err.max() <= 1e-6  # far inside the promise in practice
+        torch.testing.assert_close(spectra[product].l2_half, exact[product].l2_half, rtol=1e-6, atol=0)
+        torch.testing.assert_close(spectra[product].imbalance, exact[product].imbalance, rtol=1e-5, atol=0)
+
+
+def test_mixed_precision_sends_ill_conditioned_and_rank_deficient_heads_to_float64():
+    """Head 0's factor has σ down to 1e-7 (κ = 1e7), head 1's has rank 8 of 64: their float32 Grams cannot
+    give 1e-5 of σ_max, so they are redone in float64; heads 2 and 3 are random and stay mixed."""
+    d_model, n_heads, d_head = 1024, 4, 64
+    ill = torch.logspace(0, -7, d_head)
+    deficient = torch.cat([torch.ones(8), torch.zeros(d_head - 8)])
+    q = torch.cat([bf16_heads(d_model, 1, d_head, 20, ill), bf16_heads(d_model, 1, d_head, 21, deficient),
+                   bf16_heads(d_model, 2, d_head, 22)])
+    k, v = bf16_heads(d_model, n_heads, d_head, 23), bf16_heads(d_model, n_heads, d_head, 24)
+    o = torch.cat([bf16_heads(d_model, 1, d_head, 25, deficient), bf16_heads(d_model, 3, d_head, 26)]).T.contiguous()
+    spectra = assert_mixed_matches_naive(q, k, v, o, d_head, n_kv=n_heads)
+    assert spectra["qk"].float64_gram.tolist() == [True, True, False, False]
+    assert spectra["ov"].float64_gram.tolist() == [True, False, False, False]
+    assert head_metrics(spectra["qk"])["rank"][1] == 8 and head_metrics(spectra["ov"])["rank"][0] == 8
+
+
+def test_mixed_precision_grouped_query_heads_match_naive_svd():
+    d_model, d_head = 1024, 64
+    q = bf16_heads(d_model, 8, d_head, 30)
+    k = torch.cat([bf16_heads(d_model, 1, d_head, 31, torch.logspace(0, -8, d_head)), bf16_heads(d_model, 1, d_head, 32)])
+    v = bf16_heads(d_model, 2, d_head, 33)
+    o = bf16_heads(d_model, 8, d_head, 34).T.contiguous()
+    spectra = assert_mixed_matches_naive(q, k, v, o, d_head, n_kv=2)
+    assert spectra["qk"].float64_gram.tolist() == [True] * 4 + [False] * 4  # K/V head 0 serves query heads 0-3
+
+
+def test_mixed_precision_on_trained_weights_saved_in_bf16(reference_run):
+    """The trained tiny GPT's weights rounded to bf16, every head against the naive SVD of the bf16 product."""
+    module = torch.load(reference_run / "checkpoints" / "global_step8" / "mp_rank_00_model_states.pt",
+                        weights_only=True)["module"]
+    for layer in range(2):
+        q, k, v, o = (module[f"blocks.{layer}.attn.{r}_proj.weight"].bfloat16() for r in "qkvo")
+        assert_mixed_matches_naive(q, k, v, o, 8, n_kv=4)
+
+
+def test_mixed_precision_leaves_the_matmul_setting_as_it_was():
+    q, k, v, o = (w.bfloat16() for w in random_attention(64, n_heads=4, n_kv=4, seed=7))
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    layer_spectra(q, k, v, o, 16)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_cheap_condition_bound_agrees_with_the_gram_eigenvalues():
+    """cholesky_r's triangular-inverse bound decides like the Gram's eigenvalues: ill-conditioned heads
+    (κ = 1e6, 1e9) go to Householder, κ = 1e4 and random heads do not."""
+    g = torch.Generator().manual_seed(8)
+    u = torch.linalg.qr(torch.randn(4, 200, 16, generator=g, dtype=torch.float64))[0]
+    kappas = [1.0, 1e4, 1e6, 1e9]
+    sigma = torch.stack([torch.logspace(0, -math.log10(c), 16, dtype=torch.float64) for c in kappas])
+    factors = u * sigma.unsqueeze(1)
+    _, redo = cholesky_r(factors.mT @ factors)
+    assert redo.tolist() == [2, 3]
