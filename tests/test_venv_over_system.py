@@ -6,6 +6,7 @@ What is compared against what:
 - the .pth line against a real interpreter: a child python that reads it sees the listed dir and runs that
   dir's own .pth files;
 - the torch floor against a fake installed version: too old or missing is a one-line error.
+- the torch floor in tools/venv_over_system.py against setup.py's install_requires and the README's claim.
 """
 
 from __future__ import annotations
@@ -103,3 +104,10 @@ def test_offline_names_the_pins_no_file_provides():
     files = ["pyyaml-6.0.3-cp311-cp311-manylinux_2_17_x86_64.whl", "deepspeed-0.19.8.tar.gz", "hjson-3.0.0-py3-none-any.whl"]
     installed = {"torch": "2.13.0+cpu", "filelock": "4.3.1", "pip": "23.2.1"}
     assert tool.missing_files(constraints, installed, files) == ["hjson==3.1.0", "filelock==4.2.12"]
+
+
+def test_setup_py_and_the_readme_state_the_scripts_torch_floor():
+    floor = ".".join(map(str, tool.MIN_TORCH))
+    assert re.findall(r'"torch>=([\d.]+)"', (REPO / "setup.py").read_text()) == [floor]
+    readme = " ".join((REPO / "README.md").read_text().split())  # the claim may wrap across lines
+    assert re.findall(r"megarank supports torch ≥ ([\d.]+)", readme) == [floor]

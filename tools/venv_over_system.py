@@ -32,9 +32,10 @@ import sysconfig
 import venv
 from pathlib import Path
 
-# The oldest torch megarank runs on: train.compile sets torch._dynamo.config.recompile_limit (named so from
-# torch 2.7; megarank/parallel/compile.py), and the pinned transformers (tests, pretrained experiment) needs
-# torch >= 2.6.
+# The oldest torch megarank runs on, as setup.py's install_requires and the README say: train.compile sets
+# torch._dynamo.config.recompile_limit (named so from torch 2.7; megarank/parallel/compile.py), and the pinned
+# transformers (tests, pretrained experiment) needs torch >= 2.6. 2.7.1 is the oldest run through this script
+# (docs/parallelism.md, "Which torch"). Major and minor only: NGC's 2.7 builds are 2.7.0a0+...
 MIN_TORCH = (2, 7)
 # What stays the interpreter's: torch, the libraries built against it, and the CUDA wheels it loads.
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton(-.*)?|nvidia-.*|cuda-.*)$")
