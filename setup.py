@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megarank", "megarank.*"]),
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.7",  # tools/venv_over_system.py MIN_TORCH; the oldest run: docs/parallelism.md (Which torch)
         "deepspeed>=0.16",
         "sentencepiece>=0.2",
         "datasets>=2.19",

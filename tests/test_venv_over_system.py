@@ -2,10 +2,12 @@
 
 What is compared against what:
 - the generated constraints against constraints.txt: every torch-family pin replaced by the interpreter's
-  version, every other line kept, and a pin the kept torch forbids dropped with a note;
+  version, every other line kept, and a pin the kept torch forbids dropped with a note (setuptools' keeping
+  a floor);
 - the .pth line against a real interpreter: a child python that reads it sees the listed dir and runs that
   dir's own .pth files;
-- the torch floor against a fake installed version: too old or missing is a one-line error.
+- the torch floor against a fake installed version: too old or missing is a one-line error;
+- the torch floor in tools/venv_over_system.py against setup.py's install_requires and the README's claim.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def test_a_pin_the_kept_torch_forbids_is_dropped_with_a_note():
                                                       "dropping typing-extensions==4.16.0 from the constraints"]
 
 
+def test_a_dropped_setuptools_pin_keeps_a_floor_for_the_editable_install():
+    """torch 2.11 requires setuptools<82: without a floor pip keeps a venv's bundled 65.5, which has no bdist_wheel."""
+    lock = "setuptools==84.2.1\ntqdm==4.70.1\ntorch==2.14.1\n"
+    text, notes = tool.constraints(lock, family(torch=("2.11.0", ["setuptools<82", "sympy>=1.13.3"])))
+    assert text.splitlines()[2:] == ["torch==2.11.0", "tqdm==4.70.1", "setuptools>=70.1"]
+    assert notes == ["dropping setuptools==84.2.1 from the constraints: torch requires setuptools<82; "
+                     "setuptools>=70.1 instead"]
+
+
 def test_the_pth_line_adds_a_site_dir_with_its_own_pth_files(tmp_path):
     parent, venv_site = tmp_path / "parent-site", tmp_path / "venv-site"
     parent.mkdir(), venv_site.mkdir()
@@ -103,3 +114,10 @@ def test_offline_names_the_pins_no_file_provides():
     files = ["pyyaml-6.0.3-cp311-cp311-manylinux_2_17_x86_64.whl", "deepspeed-0.19.8.tar.gz", "hjson-3.0.0-py3-none-any.whl"]
     installed = {"torch": "2.13.0+cpu", "filelock": "4.3.1", "pip": "23.2.1"}
     assert tool.missing_files(constraints, installed, files) == ["hjson==3.1.0", "filelock==4.2.12"]
+
+
+def test_setup_py_and_the_readme_state_the_scripts_torch_floor():
+    floor = ".".join(map(str, tool.MIN_TORCH))
+    assert re.findall(r'"torch>=([\d.]+)"', (REPO / "setup.py").read_text()) == [floor]
+    readme = " ".join((REPO / "README.md").read_text().split())  # the claim may wrap across lines
+    assert re.findall(r"megarank supports torch ≥ ([\d.]+)", readme) == [floor]
