@@ -1,6 +1,7 @@
 """The memory estimate and the FLOP count of the LLaMA options against counts worked by hand: a SwiGLU MLP's three
 matrices, grouped-query attention's smaller k/v, RMSNorm's gain only and the per-head q/k norms; and the two
-LLaMA presets against their published parameter counts (LLaMA-2-7B 6,738,415,616; Llama-3.2-1B 1,235,814,400)."""
+LLaMA presets against their published parameter counts (LLaMA-2-7B 6,738,415,616; Llama-3.2-1B 1,235,814,400),
+with tools/memory_estimate.py running on them."""
 
 import pytest
 
@@ -41,3 +42,16 @@ def test_flops_count_three_mlp_matrices_and_the_smaller_kv():
                                             ("configs/model/llama_1b.yaml", 1_235_814_400)])
 def test_presets_have_their_published_size(preset, params):
     assert estimate_memory(load_config(preset, []), world_size=8).params_total == params
+
+
+@pytest.mark.parametrize("preset", ["configs/model/llama2_7b.yaml", "configs/model/llama_1b.yaml"])
+def test_memory_estimate_tool_runs_on_the_presets(preset, capsys):
+    import importlib.util
+
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("memory_estimate", REPO / "tools/memory_estimate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([preset, "--world-size", "8", "parallel.tp=8", "train.micro_batch=1"]) == 0
+    assert "per TP rank (tp=8, dp=1" in capsys.readouterr().out
