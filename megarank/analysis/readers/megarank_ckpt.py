@@ -47,8 +47,8 @@ class MegarankCheckpoint(WeightSource):
                                 f"--n-heads says {n_heads}; drop --n-heads")
         self.tp = marker.layout.tp
         n_heads, d_model = marker.n_heads, marker.d_model
-        model = marker.model_config()  # a marker from before n_kv_heads / qk_norm reads as their defaults
-        n_kv = model.kv_heads
+        # read as written (a marker from before n_kv_heads / qk_norm lacks them: one K/V head per query head)
+        n_kv, qk_norm = int(marker.model.get("n_kv_heads") or n_heads), bool(marker.model.get("qk_norm", False))
         d_head = head_layout(n_heads, n_kv, d_model, None, where=str(where))
         if n_heads % self.tp or n_kv % self.tp:
             raise MegarankError(f"'{where}': n_heads={n_heads} (n_kv_heads={n_kv}) is not divisible by "
@@ -57,7 +57,7 @@ class MegarankCheckpoint(WeightSource):
         details = {"step": marker.step, "tp": self.tp, "dp": marker.layout.dp, "zero_stage": marker.zero_stage,
                    **{k: v for k, v in marker.decay.items() if k != "wd_other"}, "precision": marker.precision,
                    "weights": weights}
-        if model.qk_norm:
+        if qk_norm:
             details["qk_product"] = QK_NORM_NOTE
         self.info = ModelInfo(
             family=marker.family, n_layers=marker.n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_model=d_model,
