@@ -20,6 +20,14 @@ TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.seq_le
         "train.precision=fp32", "optim.wd_attn=0.1", "optim.wd_mlp=0.05", "optim.wd_other=0.01"]
 
 
+# The tiny LLaMA: TINY's sizes with the LLaMA options of configs/model/llama_cpu_small.yaml (RMSNorm, SwiGLU,
+# 2 K/V heads for 4 query heads, RoPE, tied embeddings) plus the per-head q/k norms, so that every option of the
+# block is trained by the launched runs. LLAMA_MODEL alone turns configs/default.yaml's tiny GPT into it.
+LLAMA_MODEL = ["model.position=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.n_kv_heads=2",
+               "model.qk_norm=true", "model.ffn_multiple=16", "model.tie_embeddings=true"]
+LLAMA_TINY = [*TINY, *LLAMA_MODEL]
+
+
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 

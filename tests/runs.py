@@ -82,6 +82,16 @@ LAUNCHES = {
         ("train.max_steps=8", "checkpoint.every=0", "parallel.tp=2", "zero.stage=3", "train.eval_every=8",
          "train.compile=true", "train.activation_checkpointing=full", "model.loss_chunk_tokens=20"),
         nproc=2, readers=("train/test_levers.py",)),
+    # the tiny LLaMA (tests/helpers.py LLAMA_MODEL on the tiny GPT: RMSNorm, SwiGLU, GQA, q/k norms, RoPE), one
+    # process and TP=2×DP=2, 8 steps each with checkpoints at 4 and 8
+    "llama-reference": Launch(
+        (*EIGHT_STEPS, "model.position=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.n_kv_heads=2",
+         "model.qk_norm=true", "model.ffn_multiple=16", "zero.stage=1", "analysis.every=4"),
+        readers=("parallel/test_llama_tensor_parallel.py", "analysis/test_llama_rank.py")),
+    "llama-tp2-dp2-zero1": Launch(
+        (*EIGHT_STEPS, "model.position=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.n_kv_heads=2",
+         "model.qk_norm=true", "model.ffn_multiple=16", "parallel.tp=2", "zero.stage=1", "analysis.every=4"),
+        nproc=4, readers=("parallel/test_llama_tensor_parallel.py", "analysis/test_llama_rank.py")),
 }
 
 

@@ -4,8 +4,11 @@ shows its attention ranks falling live in TensorBoard.
 Takes a plain GPT or ViT module (not the DeepSpeed engine; any dtype, bf16 included) and calls nothing
 distributed, so any rank may call it alone. It finds each block's attention projections by their roles q, k,
 v, o (megarank/models/roles.py's attention_layers) and runs the same factor trick as `megarank-rank` in float64
-on the weights' device: four (d_model × d_head) QRs per head, nothing of size d_model². On a TP-sharded module
-it summarises this rank's own heads. Under ZeRO-3 the parameters are partitioned: pass
+on the weights' device: four (d_model × d_head) QRs per head, nothing of size d_model². Under grouped-query
+attention (model.n_kv_heads) each query head is paired with the K/V head it reads, h // (n_heads / n_kv_heads),
+as for an offline checkpoint (analysis/spectra.py layer_spectra); with model.qk_norm the qk product is
+W_Q,hᵀW_K,h of the raw weights, the per-head norms sitting between them. On a TP-sharded module it summarises
+this rank's own heads (and the K/V heads they read, which the same rank holds). Under ZeRO-3 the parameters are partitioned: pass
 `gather` (e.g. deepspeed.zero.GatheredParameters), which then brings in one layer's four projections at a
 time, or it raises. The training loop's wrapper (megarank/train/rank_logging.py) does both for a run.
 """

@@ -5,6 +5,8 @@ Model states (ZeRO paper, Rajbhandari et al. 2020), Ψ = parameters held by one 
     bf16 mixed precision: 2 B weights + 2 B grads + K = 12 B optimizer (fp32 master, Adam m, v)
     fp32:                 4 B weights + 4 B grads + K = 8 B optimizer (Adam m, v)
     ZeRO-0: (w + g + K)Ψ    ZeRO-1: (w + g)Ψ + KΨ/dp    ZeRO-2: wΨ + (g + K)Ψ/dp    ZeRO-3: (w + g + K)Ψ/dp
+Parameters: q and o d×d, k and v d×(n_kv_heads·d_head) (grouped-query attention), the MLP two d×d_ff matrices
+(GELU) or three (SwiGLU); norms d each (twice with LayerNorm biases), per-head q/k norms d_head each.
 Activations per layer without recomputation or sequence parallelism (Korthikanti et al. 2022), 16-bit:
     s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes; flash attention drops the a·s² term (it recomputes the scores).
 Activation checkpointing (train.activation_checkpointing): a recomputed block keeps only its 16-bit input,
@@ -41,8 +43,12 @@ def estimate_memory(cfg: ExperimentConfig, world_size: int, *, bf16: bool = True
     dp = world_size // tp
     vocab = m.vocab_size or 50304
     h, s, b, L = m.d_model, m.seq_len, cfg.train.micro_batch, m.n_layers
-    sharded = L * (4 * h * h + 2 * h * m.ffn_dim) + vocab * h  # q,k,v,o, fc_in, fc_out; tied embedding/head
-    replicated = L * 2 * h + h + (m.max_positions or s) * h * (m.position == "learned")  # norms, positions
+    kv = m.kv_heads * m.d_head
+    mlp_matrices = 3 if m.mlp == "swiglu" else 2
+    sharded = L * (2 * h * h + 2 * h * kv + mlp_matrices * h * m.ffn_dim) + vocab * h  # q,o; k,v; MLP; embedding
+    norm_params = 2 if m.bias and m.norm == "layernorm" else 1  # gain (and bias) per feature
+    replicated = ((2 * L + 1) * h * norm_params + L * 2 * m.d_head * m.qk_norm
+                  + (m.max_positions or s) * h * (m.position == "learned"))  # norms, q/k norms, positions
     if not m.tie_embeddings:
         sharded += vocab * h
     psi = sharded // tp + replicated

@@ -33,7 +33,24 @@ class ModelConfig(Freezable):
     n_heads: int = 12
     """Attention heads per layer; d_head = d_model / n_heads."""
     d_ff: Optional[int] = None
-    """MLP hidden width; None means 4 * d_model."""
+    """MLP hidden width; None means 4 * d_model for the GELU MLP, and for SwiGLU 2/3 · 4 · d_model rounded up to
+    a multiple of ffn_multiple (LLaMA's width: three matrices of it cost about what two of 4 · d_model do)."""
+    norm: str = "layernorm"
+    """'layernorm' (GPT-2: centred, with a bias when model.bias) or 'rmsnorm' (LLaMA: x / rms(x) · gain, no centring,
+    no bias). The modules keep their names (ln_1, ln_2, ln_f) either way."""
+    mlp: str = "gelu"
+    """'gelu' (fc_in -> GELU -> fc_out) or 'swiglu' (LLaMA: down_proj(silu(gate_proj(x)) * up_proj(x)))."""
+    ffn_multiple: int = 256
+    """SwiGLU only: its default width 2/3 · 4 · d_model is rounded up to a multiple of this (LLaMA's multiple_of);
+    an explicit d_ff is taken as it is."""
+    n_kv_heads: Optional[int] = None
+    """Key/value heads per layer; None means n_heads (multi-head attention). Fewer gives grouped-query attention
+    (Ainslie et al. 2023; 1: multi-query): query head h reads K/V head h // (n_heads / n_kv_heads), and k_proj,
+    v_proj output n_kv_heads · d_head features. Must divide n_heads."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on q and k before RoPE (attn.q_norm, attn.k_norm, a gain of size d_head shared by all
+    heads), as Qwen3 and OLMo2. The rank tools then analyse W_Q,hᵀW_K,h of the raw weights, the norm sitting
+    between them."""
     seq_len: int = 1024
     """Training context length in tokens."""
     max_positions: Optional[int] = None
@@ -55,7 +72,7 @@ class ModelConfig(Freezable):
     dropout: float = 0.0
     """Dropout on attention probabilities and residual branches."""
     norm_eps: float = 1e-5
-    """LayerNorm epsilon."""
+    """Epsilon of every norm (LayerNorm or RMSNorm, the per-head q/k norms included)."""
     init_std: float = 0.02
     """Std of the normal init; residual output projections get init_std / sqrt(2 * n_layers) (GPT-2)."""
     loss_chunk_tokens: int = 0
@@ -92,6 +109,13 @@ class ModelConfig(Freezable):
                  f"model.attn_backend must be auto|flash|sdpa|math, got '{self.attn_backend}'")
         for name in ("n_layers", "d_model", "n_heads", "seq_len"):
             _require(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        _require(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be 'layernorm' or 'rmsnorm', got '{self.norm}'")
+        _require(self.mlp in ("gelu", "swiglu"), f"model.mlp must be 'gelu' or 'swiglu', got '{self.mlp}'")
+        _require(self.ffn_multiple > 0, f"model.ffn_multiple must be positive, got {self.ffn_multiple}")
+        if self.n_kv_heads is not None:
+            _require(0 < self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0,
+                     f"model.n_kv_heads={self.n_kv_heads} does not divide model.n_heads={self.n_heads}; pick a divisor "
+                     "of n_heads (or null for one K/V head per query head)")
         _require(self.d_model % self.n_heads == 0,
                  f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
                  "pick n_heads that divides d_model")
@@ -108,8 +132,17 @@ class ModelConfig(Freezable):
         return self.d_model // self.n_heads
 
     @property
+    def kv_heads(self) -> int:
+        """The K/V head count: n_kv_heads, or n_heads where it is None."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
     def ffn_dim(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return -(-(2 * 4 * self.d_model // 3) // self.ffn_multiple) * self.ffn_multiple
+        return 4 * self.d_model
 
 
 @dataclass

@@ -31,6 +31,9 @@ def validate(cfg: ExperimentConfig, world_size: int) -> None:
     if model.n_heads % tp:
         raise MegarankError(f"model.n_heads={model.n_heads} is not divisible by parallel.tp={tp}; "
                             "choose tp dividing the head count")
+    if model.kv_heads % tp:
+        raise MegarankError(f"model.n_kv_heads={model.kv_heads} is not divisible by parallel.tp={tp}: each TP rank "
+                            "holds whole K/V heads; choose tp dividing n_kv_heads")
     if model.ffn_dim % tp:
         raise MegarankError(f"MLP width {model.ffn_dim} is not divisible by parallel.tp={tp}; set model.d_ff")
     if model.position == "rotary" and model.d_head % 2:

@@ -3,7 +3,10 @@
     tokens -> wte (+ wpe, or RoPE inside attention) -> n_layers x Block(causal) -> ln_f -> lm_head -> logits
 
 Choices: pre-LayerNorm; separate q/k/v/o projections (per-head factors readable, see attention.py); GELU MLP
-of width d_ff; no biases by default; LM head tied to wte by default. Init by each parameter's role
+of width d_ff; no biases by default; LM head tied to wte by default. The LLaMA family is the same model with
+model.norm=rmsnorm, model.mlp=swiglu, model.position=rotary, and optionally model.n_kv_heads (grouped-query
+attention) and model.qk_norm (Qwen3); tests/models/test_llama_vs_transformers.py holds it to transformers'
+LlamaForCausalLM and Qwen3ForCausalLM. Init by each parameter's role
 (models/roles.py): N(0, init_std), with the residual output projections (o_proj, fc_out) scaled by
 1/sqrt(2 * n_layers) as in GPT-2, so the residual stream's variance does not grow with depth. No collectives
 here: tensor parallelism is applied afterwards by megarank/parallel/tensor_parallel.py, which swaps the
@@ -18,7 +21,7 @@ from torch import nn
 
 from megarank.config.schema import ModelConfig
 from megarank.models.attention import RotaryEmbedding
-from megarank.models.block import Block
+from megarank.models.block import Block, make_norm
 from megarank.models.chunked_loss import chunked_next_token_loss
 from megarank.models.roles import init_by_role
 
@@ -36,9 +39,10 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, cfg.n_heads, cfg.ffn_dim, causal=True, bias=cfg.bias, dropout=cfg.dropout,
-                  norm_eps=cfg.norm_eps, attn_backend=cfg.attn_backend, rotary=rotary)
+                  norm_eps=cfg.norm_eps, attn_backend=cfg.attn_backend, rotary=rotary, norm=cfg.norm, mlp=cfg.mlp,
+                  n_kv_heads=cfg.n_kv_heads, qk_norm=cfg.qk_norm)
             for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ln_f = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight

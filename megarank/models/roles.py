@@ -13,7 +13,8 @@ ROLE_TABLE is ordered, first match wins; a parameter no row matches is an error 
 rather than silently changing its decay, bigscience Megatron-DeepSpeed #262). Adding a projection to the
 block is one row here.
 
-TP styles: 'column' (dim 0 split over TP ranks: output features, whole heads for q/k/v), 'row' (dim 1 split:
+TP styles: 'column' (dim 0 split over TP ranks: output features, whole heads for q/k/v — whole K/V heads too
+under grouped-query attention, so n_kv_heads must divide by TP), 'row' (dim 1 split:
 input features), 'vocab' (dim 0 split by vocabulary id), 'replicated' (whole on every TP rank). A bias
 follows its linear's output: column-split under a column-parallel linear, replicated under a row-parallel one
 (added once, after the reduction).
@@ -72,11 +73,18 @@ ROLE_TABLE: tuple[RoleRow, ...] = (
     _row(_BLOCK + r"attn\.o_proj\.weight", "o", "attn", "row", "residual"),
     _row(_BLOCK + r"attn\.(q|k|v)_proj\.bias", "bias", "no_decay", "column", "zeros"),
     _row(_BLOCK + r"attn\.o_proj\.bias", "bias", "no_decay", "replicated", "zeros"),
+    # per-head q/k norms (model.qk_norm): one d_head gain shared by all heads, whole on every TP rank
+    _row(_BLOCK + r"attn\.(q|k)_norm\.weight", "norm", "no_decay", "replicated", "ones"),
     # MLP
     _row(_BLOCK + r"mlp\.fc_in\.weight", "mlp_in", "mlp", "column", "normal"),
     _row(_BLOCK + r"mlp\.fc_out\.weight", "mlp_out", "mlp", "row", "residual"),
     _row(_BLOCK + r"mlp\.fc_in\.bias", "bias", "no_decay", "column", "zeros"),
     _row(_BLOCK + r"mlp\.fc_out\.bias", "bias", "no_decay", "replicated", "zeros"),
+    # SwiGLU MLP (model.mlp=swiglu): gate and up split by hidden feature, down by its input, as fc_in / fc_out
+    _row(_BLOCK + r"mlp\.(gate|up)_proj\.weight", "mlp_in", "mlp", "column", "normal"),
+    _row(_BLOCK + r"mlp\.down_proj\.weight", "mlp_out", "mlp", "row", "residual"),
+    _row(_BLOCK + r"mlp\.(gate|up)_proj\.bias", "bias", "no_decay", "column", "zeros"),
+    _row(_BLOCK + r"mlp\.down_proj\.bias", "bias", "no_decay", "replicated", "zeros"),
     # norms: the blocks' ln_1, ln_2 and the final ln_f
     _row(r"(?:.*\.)?ln_\w+\.weight", "norm", "no_decay", "replicated", "ones"),
     _row(r"(?:.*\.)?ln_\w+\.bias", "bias", "no_decay", "replicated", "zeros"),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megarank.config.schema import ModelConfig
-from megarank.models.block import Block
+from megarank.models.block import Block, make_norm
 from megarank.models.roles import init_by_role
 
 
@@ -62,9 +62,10 @@ class ViT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, cfg.n_heads, cfg.ffn_dim, causal=False, bias=cfg.bias, dropout=cfg.dropout,
-                  norm_eps=cfg.norm_eps, attn_backend=cfg.attn_backend)
+                  norm_eps=cfg.norm_eps, attn_backend=cfg.attn_backend, norm=cfg.norm, mlp=cfg.mlp,
+                  n_kv_heads=cfg.n_kv_heads, qk_norm=cfg.qk_norm)
             for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ln_f = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
         self.label_smoothing = label_smoothing
         self.reset_parameters()

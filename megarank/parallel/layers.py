@@ -7,6 +7,8 @@ exactly the TP=1 weights, so runs at different TP sizes are comparable step for 
     RowParallelLinear     W (out, in/tp)   input features split -> partial sums reduced  (roles o, mlp_out)
     VocabParallelEmbedding  rows [v0, v1) of the table; other ids contribute zeros, then all-reduce
     vocab_parallel_cross_entropy  loss from vocab-sharded logits without gathering them
+    LocalHeadsRMSNorm     the per-head q/k norm (model.qk_norm) on this rank's heads: the gain is replicated, and
+                          its gradient, which each rank sees only for its own heads, is summed over TP in backward
 
 Which layer a parameter gets is its role's TP style (megarank/models/roles.py), applied by tensor_parallel.py.
 Each layer takes `weight=` an already-sharded weight to share instead of slicing its own (a head tied to the
@@ -109,3 +111,18 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *,
                                  vocab_start: int) -> torch.Tensor:
     """Mean next-token loss; logits (N, vocab/tp) this rank's vocab slice, targets (N,) global ids."""
     return _VocabParallelCrossEntropy.apply(logits, targets, group, vocab_start).mean()
+
+
+class LocalHeadsRMSNorm(nn.Module):
+    """An RMSNorm over d_head applied inside the TP region, to this rank's heads only (Megatron all-reduces the
+    grads of such qk-layernorm weights over TP after backward; here the gain enters through copy_to_tp_region,
+    whose backward does it). The gain stays whole and equal on every rank: role style 'replicated'."""
+
+    def __init__(self, full: nn.RMSNorm, *, group):
+        super().__init__()
+        self.group, self.eps, self.normalized_shape = group, full.eps, tuple(full.normalized_shape)
+        self.weight = full.weight  # the same parameter: nothing to slice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., d_head) of this rank's heads."""
+        return F.rms_norm(x, self.normalized_shape, copy_to_tp_region(self.weight, self.group), self.eps)

@@ -14,6 +14,11 @@ by the layer its weight's TP style names, and nothing else is touched:
 Two hooks the models expose for this step, set here and nowhere else: SelfAttention.rng_region (the
 attention-probability dropout draws from the TP-local stream, so each rank's heads get their own masks) and
 GPT.loss_fn (the loss of the vocab-split logits). The model file itself holds no collectives.
+
+Grouped-query attention needs nothing more: k_proj and v_proj are column-split like q_proj, so rank t holds
+query heads [t·n_heads/tp, ...) and exactly the K/V heads [t·n_kv_heads/tp, ...) they read (validate.py
+requires tp to divide n_kv_heads). The per-head q/k norms (model.qk_norm) are replicated but act on the local
+heads, so each becomes a LocalHeadsRMSNorm, whose gain's gradient is summed over the TP ranks.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from torch import nn
 from megarank.errors import MegarankError
 from megarank.models.attention import SelfAttention
 from megarank.models.roles import role_of
-from megarank.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                      vocab_parallel_cross_entropy)
+from megarank.parallel.layers import (ColumnParallelLinear, LocalHeadsRMSNorm, RowParallelLinear,
+                                      VocabParallelEmbedding, vocab_parallel_cross_entropy)
 from megarank.parallel.layout import ParallelLayout
 from megarank.parallel.random import TPRandomState
 
@@ -68,6 +73,9 @@ def apply_tensor_parallel(model: nn.Module, layout: ParallelLayout, *, seed: int
     for module in model.modules():
         if isinstance(module, SelfAttention):
             module.rng_region = rng.fork
+            if module.q_norm is not None:
+                module.q_norm = LocalHeadsRMSNorm(module.q_norm, group=layout.tp_group)
+                module.k_norm = LocalHeadsRMSNorm(module.k_norm, group=layout.tp_group)
     return rng
 
 

@@ -7,8 +7,9 @@ cadence, and optim.lr (a lower peak after a divergence is the usual reason to re
 follow_configured_peak applies it).
 
 May not: the model's shape (DeepSpeed would fail to load the weights with a traceback) or its function
-(model.norm_eps, and model.rope_base under rotary positions: the same weights would load into another
-function), the sequence length, the training data and its tokenizer, the seed (the saved data position would
+(model.norm_eps, model.norm — LayerNorm without bias and RMSNorm hold the same one gain per feature —,
+model.mlp, model.n_kv_heads, model.qk_norm, model.ffn_multiple under SwiGLU, and model.rope_base under rotary
+positions: the same weights would load into another function, or fail to load with a traceback), the sequence length, the training data and its tokenizer, the seed (the saved data position would
 point at other samples), and the weight decay (optim.wd_attn, wd_mlp, wd_other, decoupled: the optimizer keeps
 the decay its saved state holds, while the run's config and every later marker would record the new one, and
 the rank tools would label the run with the wrong λ). Each is refused in one line naming the key and the saved
@@ -24,10 +25,12 @@ from megarank.ckpt.marker import Marker
 from megarank.config.schema import ExperimentConfig, ModelConfig, OptimConfig
 from megarank.errors import MegarankError
 
+_BLOCK_KEYS = ("norm", "mlp", "kv_heads", "qk_norm")  # the block's options: checkpoints from before them read as
+# today's defaults (model_config() fills keys added since), which are the block they were trained with
 _GPT_KEYS = ("n_layers", "d_model", "n_heads", "ffn_dim", "vocab_size", "seq_len", "position_table", "position",
-             "bias", "tie_embeddings", "norm_eps")
+             "bias", "tie_embeddings", "norm_eps", *_BLOCK_KEYS)
 _VIT_KEYS = ("n_layers", "d_model", "n_heads", "ffn_dim", "image_size", "patch_size", "in_channels", "n_classes",
-             "pooling", "patch_embed", "position", "bias", "norm_eps")
+             "pooling", "patch_embed", "position", "bias", "norm_eps", *_BLOCK_KEYS)
 _OPTIM_KEYS = ("wd_attn", "wd_mlp", "wd_other", "decoupled")
 # data_identity keys (TokenShards.tokenizer_sha256 / content_sha256 of the training shards), tokenizer first:
 # re-tokenized data changes both, and the tokenizer is the more useful thing to name
@@ -39,13 +42,16 @@ def fixed_settings(seed: int, model: ModelConfig, optim: OptimConfig) -> dict[st
     by the key a user sets to change them)."""
     keys = _VIT_KEYS if model.family == "vit" else _GPT_KEYS
     derived = {"ffn_dim": ("model.d_ff", model.ffn_dim),
-               "position_table": ("model.max_positions", model.max_positions or model.seq_len)}
+               "position_table": ("model.max_positions", model.max_positions or model.seq_len),
+               "kv_heads": ("model.n_kv_heads", model.kv_heads)}
     settings: dict[str, object] = {"seed": seed, "model.family": model.family}
     for key in keys:
         name, value = derived[key] if key in derived else (f"model.{key}", getattr(model, key))
         settings[name] = value
     if model.position == "rotary":  # unused by learned positions
         settings["model.rope_base"] = model.rope_base
+    if model.mlp == "swiglu":  # rounds SwiGLU's default width only
+        settings["model.ffn_multiple"] = model.ffn_multiple
     settings.update({f"optim.{key}": getattr(optim, key) for key in _OPTIM_KEYS})
     return settings
 

@@ -1,5 +1,9 @@
 """Model FLOPs per token and utilisation (MFU), PaLM appendix B convention: 6 N per token for the dense
-weights plus 12 L T d for attention scores, forward and backward, no recomputation counted."""
+weights plus 12 L T d for attention scores, forward and backward, no recomputation counted.
+
+N counts the matrices a token goes through: q and o (d × d each), k and v (d × n_kv_heads·d_head each: smaller
+under grouped-query attention), the MLP (two d × d_ff matrices for GELU, three for SwiGLU) and the LM head.
+The attention-score term is unchanged by GQA: every query head still scores every key."""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e1
 
 def train_flops_per_token(cfg: ModelConfig) -> float:
     d, L, T = cfg.d_model, cfg.n_layers, cfg.seq_len
-    per_layer = 4 * d * d + 2 * d * cfg.ffn_dim  # q, k, v, o and fc_in, fc_out
+    kv = cfg.kv_heads * cfg.d_head
+    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2  # gate, up, down or fc_in, fc_out
+    per_layer = 2 * d * d + 2 * d * kv + mlp_matrices * d * cfg.ffn_dim  # q, o; k, v; the MLP
     dense = L * per_layer + cfg.vocab_size * d  # LM head (the embedding lookup costs no FLOPs)
     return 6 * dense + 12 * L * T * d
 

@@ -1,5 +1,6 @@
-"""The two golden runs, shared by the test and by `python -m tests.golden.regenerate`: a tiny GPT on the test
-corpus and a tiny ViT on the embedded digits, each trained in one process from a fixed seed, reduced to what
+"""The golden runs, shared by the test and by `python -m tests.golden.regenerate`: a tiny GPT and a tiny LLaMA
+(configs/llama_cpu_small.yaml at tests/helpers.py LLAMA_TINY: the GPT family with RMSNorm, SwiGLU, GQA, q/k
+norms) on the test corpus and a tiny ViT on the embedded digits, each trained in one process from a fixed seed, reduced to what
 the golden files hold (per-step training losses, the final validation metrics, the data they saw)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 import platform
 from pathlib import Path
 
-from tests.helpers import TINY, VIT_TINY, read_metrics, run_training
+from tests.helpers import LLAMA_TINY, TINY, VIT_TINY, read_metrics, run_training
 
 GOLDEN_DIR = Path(__file__).parent
 # Short enough that float noise stays float noise: from about step 40 the ViT's trajectory amplifies a 1e-7
@@ -21,6 +22,9 @@ RUNS = {
     "gpt_tiny": dict(config="configs/default.yaml", tiny=TINY,
                      extra=(f"train.max_steps={GPT_STEPS}", f"train.eval_every={GPT_STEPS}", "train.eval_batches=4",
                             "optim.lr=3e-3", "checkpoint.every=0", "analysis.every=0")),
+    "gpt_llama_tiny": dict(config="configs/llama_cpu_small.yaml", tiny=LLAMA_TINY,
+                           extra=(f"train.max_steps={GPT_STEPS}", f"train.eval_every={GPT_STEPS}",
+                                  "train.eval_batches=4", "optim.lr=3e-3", "checkpoint.every=0", "analysis.every=0")),
     "vit_tiny": dict(config="configs/vit_default.yaml", tiny=VIT_TINY,
                      extra=(f"train.max_steps={VIT_STEPS}", f"train.eval_every={VIT_STEPS}", "train.eval_batches=6",
                             "train.micro_batch=64", "train.global_batch=64", "optim.lr=1e-3", "checkpoint.every=0",

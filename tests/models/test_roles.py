@@ -2,7 +2,8 @@
 parameter of the GPT (learned and rotary positions, tied and untied head, bias on and off) and of the ViT (conv
 and linear patch embedding, class-token and mean pooling) has a role; decay groups, TP styles and inits are the
 ones listed here by name; init_by_role draws exactly what the name-based init it replaced drew; the attention
-projections are found per layer, under a wrapper too; an unknown name is a one-line error naming roles.py; and
+projections are found per layer, under a wrapper too; the LLaMA options' rows (gate/up/down, q/k norms) give
+the decay groups, TP plan and init written out by hand; an unknown name is a one-line error naming roles.py; and
 adding a projection to the block is one row: the decay groups, the TP plan and the init pick it up."""
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ GPT_VARIANTS = [dict(position=p, tie_embeddings=t, bias=b)
                 for p in ("learned", "rotary") for t in (True, False) for b in (True, False)]
 VIT_VARIANTS = [dict(patch_embed=e, pooling=p, bias=b) for e in ("conv", "linear") for p in ("cls", "mean")
                 for b in (True, False)]
+# the LLaMA options of the one block (RMSNorm, SwiGLU, grouped-query attention, per-head q/k norms)
+LLAMA_VARIANTS = [dict(position="rotary", norm="rmsnorm", mlp="swiglu", n_kv_heads=1, qk_norm=q, bias=b)
+                  for q in (True, False) for b in (True, False)]
 
 
 def gpt(**kw) -> GPT:
@@ -56,6 +60,14 @@ BLOCK = {
     "mlp.fc_out.weight": ("mlp_out", "mlp", "row", "residual"),
     "mlp.fc_in.bias": ("bias", "no_decay", "column", "zeros"),
     "mlp.fc_out.bias": ("bias", "no_decay", "replicated", "zeros"),
+    "attn.q_norm.weight": ("norm", "no_decay", "replicated", "ones"),
+    "attn.k_norm.weight": ("norm", "no_decay", "replicated", "ones"),
+    "mlp.gate_proj.weight": ("mlp_in", "mlp", "column", "normal"),
+    "mlp.up_proj.weight": ("mlp_in", "mlp", "column", "normal"),
+    "mlp.down_proj.weight": ("mlp_out", "mlp", "row", "residual"),
+    "mlp.gate_proj.bias": ("bias", "no_decay", "column", "zeros"),
+    "mlp.up_proj.bias": ("bias", "no_decay", "column", "zeros"),
+    "mlp.down_proj.bias": ("bias", "no_decay", "replicated", "zeros"),
     "ln_1.weight": ("norm", "no_decay", "replicated", "ones"),
     "ln_1.bias": ("bias", "no_decay", "replicated", "zeros"),
     "ln_2.weight": ("norm", "no_decay", "replicated", "ones"),
@@ -81,8 +93,11 @@ def expected_role(name: str) -> tuple[str, str, str, str]:
     return BLOCK[match[1]] if match else OUTSIDE_BLOCKS[name]
 
 
-@pytest.mark.parametrize("model", [pytest.param(lambda kw=kw: gpt(**kw), id=f"gpt-{kw}") for kw in GPT_VARIANTS]
-                         + [pytest.param(lambda kw=kw: vit(**kw), id=f"vit-{kw}") for kw in VIT_VARIANTS])
+@pytest.mark.parametrize("model", [pytest.param(lambda kw=kw: gpt(**kw), id=f"gpt-{kw}")
+                                   for kw in GPT_VARIANTS + LLAMA_VARIANTS]
+                         + [pytest.param(lambda kw=kw: vit(**kw), id=f"vit-{kw}") for kw in VIT_VARIANTS]
+                         + [pytest.param(lambda kw=kw: vit(**{**kw, "position": "learned"}), id=f"vit-{kw}")
+                            for kw in LLAMA_VARIANTS])
 def test_every_parameter_has_the_expected_role(model):
     model = model()
     names = all_names(model)
@@ -94,7 +109,7 @@ def test_every_parameter_has_the_expected_role(model):
 
 def test_the_models_cover_the_table():
     """Every row of the table names some parameter of some variant: no row is dead."""
-    names = {n for kw in GPT_VARIANTS for n in all_names(gpt(**kw))}
+    names = {n for kw in GPT_VARIANTS + LLAMA_VARIANTS for n in all_names(gpt(**kw))}
     names |= {n for kw in VIT_VARIANTS for n in all_names(vit(**kw))}
     for row in roles.ROLE_TABLE:
         assert any(re.fullmatch(row.pattern, n) for n in names), row.pattern
@@ -102,9 +117,9 @@ def test_the_models_cover_the_table():
 
 def test_unknown_name_is_a_one_line_error_naming_the_table():
     with pytest.raises(MegarankError) as err:
-        role_of("blocks.0.mlp.gate_proj.weight")
+        role_of("blocks.0.mlp.aux_proj.weight")
     assert "\n" not in str(err.value)
-    assert "'blocks.0.mlp.gate_proj.weight'" in str(err.value) and "megarank/models/roles.py" in str(err.value)
+    assert "'blocks.0.mlp.aux_proj.weight'" in str(err.value) and "megarank/models/roles.py" in str(err.value)
     assert roles.find_role("adapter.weight") is None
 
 
@@ -177,19 +192,44 @@ def test_tensor_records_give_role_style_and_global_shape():
 
 
 def test_adding_a_projection_is_one_row(monkeypatch):
-    """A gated MLP's gate_proj: one row, and the decay groups, the TP plan and the init take it up."""
+    """A new MLP projection (aux_proj): one row, and the decay groups, the TP plan and the init take it up."""
     from megarank.optim.groups import build_param_groups
     from megarank.parallel.tensor_parallel import tp_plan
 
-    row = roles._row(roles._BLOCK + r"mlp\.gate_proj\.weight", "mlp_gate", "mlp", "column", "normal")
+    row = roles._row(roles._BLOCK + r"mlp\.aux_proj\.weight", "mlp_aux", "mlp", "column", "normal")
     monkeypatch.setattr(roles, "_COMPILED", roles._COMPILED + ((re.compile(row.pattern), row.role),))
     model = gpt()
     for block in model.blocks:
-        block.mlp.gate_proj = nn.Linear(16, model.cfg.ffn_dim, bias=False)
+        block.mlp.aux_proj = nn.Linear(16, model.cfg.ffn_dim, bias=False)
     model.reset_parameters()
-    gate = model.blocks[1].mlp.gate_proj.weight
+    gate = model.blocks[1].mlp.aux_proj.weight
     groups = {g["name"]: g["params"] for g in build_param_groups(model, OptimConfig())}
     assert any(p is gate for p in groups["mlp"]) and len(groups["mlp"]) == 3 * 2
-    assert tp_plan(model)["blocks.1.mlp.gate_proj"] == "column"
+    assert tp_plan(model)["blocks.1.mlp.aux_proj"] == "column"
     assert gate.std().item() == pytest.approx(model.cfg.init_std, rel=0.3)  # 'normal', not residual
     assert set(DECAY_GROUPS) == set(groups)
+
+
+def test_llama_options_reach_groups_plan_and_init():
+    """A LLaMA-style GPT (SwiGLU, GQA, q/k norms): gate/up/down in the mlp decay group, q/k norms undecayed; gate
+    and up column-, down row-parallel, k/v column-parallel at their smaller width, the norms left whole; down
+    drawn at the residual std, the norms ones."""
+    from megarank.optim.groups import build_param_groups
+    from megarank.parallel.tensor_parallel import tp_plan
+
+    torch.manual_seed(0)
+    model = gpt(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, position="rotary", norm="rmsnorm", mlp="swiglu",
+                qk_norm=True, ffn_multiple=64)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in build_param_groups(model, OptimConfig())}
+    mlp, attn = model.blocks[0].mlp, model.blocks[0].attn
+    assert {id(mlp.gate_proj.weight), id(mlp.up_proj.weight), id(mlp.down_proj.weight)} <= groups["mlp"]
+    assert {id(attn.q_norm.weight), id(attn.k_norm.weight), id(model.ln_f.weight)} <= groups["no_decay"]
+    assert len(groups["mlp"]) == 2 * 3 and len(groups["attn"]) == 2 * 4
+    plan = tp_plan(model)
+    assert {k.removeprefix("blocks.0."): v for k, v in plan.items() if k.startswith("blocks.0.")} == {
+        "attn.q_proj": "column", "attn.k_proj": "column", "attn.v_proj": "column", "attn.o_proj": "row",
+        "mlp.gate_proj": "column", "mlp.up_proj": "column", "mlp.down_proj": "row"}
+    assert attn.k_proj.weight.shape == (2 * 16, 64) and mlp.gate_proj.weight.shape == (192, 64)
+    assert mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)
+    assert mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.equal(attn.q_norm.weight, torch.ones(16)) and torch.equal(model.ln_f.weight, torch.ones(64))

@@ -4,8 +4,12 @@ Which tag: megarank/ckpt/resolve.py (a run dir, its checkpoint.dir, or one globa
 mid-save is refused). What it holds: its marker (megarank/ckpt/marker.py). The tensors: megarank/ckpt/shards.py
 reads each TP rank's shard from DeepSpeed's files (module weights or ZeRO's fp32 master copy, any ZeRO stage).
 
-Under TP, rank t holds the q/k/v rows and o columns of heads [t·n_heads/tp, (t+1)·n_heads/tp) under the TP=1
-names, so each rank's slice is a set of whole heads and is analysed as it lies. The projections' names come
+Under TP, rank t holds the q rows and o columns of heads [t·n_heads/tp, (t+1)·n_heads/tp) under the TP=1
+names, and the k/v rows of K/V heads [t·n_kv_heads/tp, ...) — under grouped-query attention (model.n_kv_heads)
+exactly the ones its query heads read — so each rank's slice is a set of whole heads and is analysed as it lies;
+analysis/spectra.py pairs each query head with its K/V head (as for a Hugging Face GQA model). With
+model.qk_norm the qk product analysed is W_Q,hᵀW_K,h of the raw weights: the per-head norms sit between them
+(the report's details say so). The projections' names come
 from the roles table (megarank/models/roles.py).
 Other tensors: layers() yields the attention projections only; pass `names` to read more and take each TP
 rank's shard through tensor(t, name), read and validated alike.
@@ -24,6 +28,10 @@ from megarank.ckpt.shards import CheckpointShards
 from megarank.errors import MegarankError
 from megarank.models.roles import ATTENTION_ROLES, attention_param_name
 
+QK_NORM_NOTE = ("W_Q,h^T W_K,h of the raw q_proj/k_proj weights; the run's per-head RMSNorm (model.qk_norm) sits "
+                "between them and is not part of the product")
+
+
 class MegarankCheckpoint(WeightSource):
     """One complete tag, validated on open; layers() yields each layer's TP shards.
 
@@ -39,17 +47,21 @@ class MegarankCheckpoint(WeightSource):
                                 f"--n-heads says {n_heads}; drop --n-heads")
         self.tp = marker.layout.tp
         n_heads, d_model = marker.n_heads, marker.d_model
-        d_head = head_layout(n_heads, n_heads, d_model, None, where=str(where))
-        if n_heads % self.tp:
-            raise MegarankError(f"'{where}': n_heads={n_heads} is not divisible by tp={self.tp}; the head "
-                                "count does not match the layout")
-        self.n_local = n_heads // self.tp
+        # read as written (a marker from before n_kv_heads / qk_norm lacks them: one K/V head per query head)
+        n_kv, qk_norm = int(marker.model.get("n_kv_heads") or n_heads), bool(marker.model.get("qk_norm", False))
+        d_head = head_layout(n_heads, n_kv, d_model, None, where=str(where))
+        if n_heads % self.tp or n_kv % self.tp:
+            raise MegarankError(f"'{where}': n_heads={n_heads} (n_kv_heads={n_kv}) is not divisible by "
+                                f"tp={self.tp}; the head count does not match the layout")
+        self.n_local, self.n_kv_local = n_heads // self.tp, n_kv // self.tp
+        details = {"step": marker.step, "tp": self.tp, "dp": marker.layout.dp, "zero_stage": marker.zero_stage,
+                   **{k: v for k, v in marker.decay.items() if k != "wd_other"}, "precision": marker.precision,
+                   "weights": weights}
+        if qk_norm:
+            details["qk_product"] = QK_NORM_NOTE
         self.info = ModelInfo(
-            family=marker.family, n_layers=marker.n_layers, n_heads=n_heads, n_kv_heads=n_heads, d_model=d_model,
-            d_head=d_head, source=str(tag_dir), format="megarank",
-            details={"step": marker.step, "tp": self.tp, "dp": marker.layout.dp, "zero_stage": marker.zero_stage,
-                     **{k: v for k, v in marker.decay.items() if k != "wd_other"}, "precision": marker.precision,
-                     "weights": weights})
+            family=marker.family, n_layers=marker.n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_model=d_model,
+            d_head=d_head, source=str(tag_dir), format="megarank", details=details)
         attention = [attention_param_name(layer, role) for layer in range(self.info.n_layers)
                      for role in ATTENTION_ROLES]
         self._shards = CheckpointShards(tag_dir, marker, [*attention, *sorted(set(names) - set(attention))],
@@ -61,13 +73,13 @@ class MegarankCheckpoint(WeightSource):
             raise
 
     def _check_heads(self) -> None:
-        """Each rank's q, k, v, o fit its n_heads/tp whole heads of width d_head."""
+        """Each rank's q, o fit its n_heads/tp whole heads and k, v its n_kv_heads/tp, of width d_head."""
         for t in range(self.tp):
             where = self._where(t)
             for layer in range(self.info.n_layers):
                 shapes = {role: (name, self._shards.shape(t, name))
                           for role, name in self._attention(layer).items()}
-                check_head_shapes(shapes, n_q=self.n_local, n_kv=self.n_local, d_head=self.info.d_head,
+                check_head_shapes(shapes, n_q=self.n_local, n_kv=self.n_kv_local, d_head=self.info.d_head,
                                   d_model=self.info.d_model, where=str(where))
 
     def _where(self, t: int) -> Path:
