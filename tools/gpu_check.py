@@ -9,6 +9,8 @@ Stages (each runs even when an earlier one failed, unless it needs that one's ou
                  against the math path in bf16 and fp16; the chunked loss and activation checkpointing on CUDA.
 3. train       — GPT-2 small at 1024 tokens in bf16 through the DeepSpeed launcher (NCCL), a checkpoint half-way;
                  the loss must fall; the divergence guard is on (a non-finite step would end the run).
+   train_llama — the LLaMA block at that size (GQA, RMSNorm, SwiGLU, QK-norm) for half the steps; the loss
+                 must fall.
 4. resume      — a second run resumed from the half-way checkpoint: its first loss equals the straight run's at
                  that step (the same weights, a deterministic forward); the rest are reported beside it.
 5. tp2         — with 2 or more GPUs: the same run at TP=2, its losses against TP=1's.
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 
 from megarank.bench.gpu_report import write_report
-from megarank.bench.gpu_shape import DEFAULT_CONFIG, gpu_overrides
+from megarank.bench.gpu_shape import DEFAULT_CONFIG, LLAMA_CONFIG, LLAMA_OVERRIDES, gpu_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # a loss that falls: the mean of the last ten logged steps below this fraction of the first five's
@@ -79,10 +81,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(run_dir: Path, overrides: list[str], log: Path, tp: int = 1) -> list[dict]:
-    """GPT-2 small on every local GPU through the DeepSpeed launcher; returns the run's metrics records."""
+def train(run_dir: Path, overrides: list[str], log: Path, tp: int = 1, config: str = DEFAULT_CONFIG) -> list[dict]:
+    """GPT-2 small (or the config given, at GPT-2 small's size) on every local GPU through the DeepSpeed
+    launcher; returns the run's metrics records."""
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(torch.cuda.device_count()),
-               "--master_port", str(free_port()), "--module", "megarank.train", DEFAULT_CONFIG,
+               "--master_port", str(free_port()), "--module", "megarank.train", config,
                *gpu_overrides(torch.cuda.device_count() // tp), f"parallel.tp={tp}", f"train.run_dir={run_dir}",
                "train.progress=false", *overrides]
     run(command, log, timeout=600)
@@ -171,6 +174,23 @@ class Check:
                               f"{figures['tokens_per_s']:,.0f} tokens/s, MFU {figures['mfu']:.1%}, "
                               f"peak {figures['peak_mem_gb']:.1f} GB")
         return figures
+
+    def train_llama(self) -> dict:
+        """The LLaMA block (GQA through SDPA's enable_gqa, RMSNorm, SwiGLU, QK-norm) at GPT-2 small's size."""
+        steps = self.steps // 2
+        records = train(self.out / "llama", [*LLAMA_OVERRIDES, f"train.max_steps={steps}",
+                                             "checkpoint.every=0", "train.eval_every=0", "analysis.every=0",
+                                             *self.optim], self.out / "llama.log", config=LLAMA_CONFIG)
+        by_step = losses(records)
+        steps_logged = sorted(by_step)
+        first = np.mean([by_step[s] for s in steps_logged[:5]])
+        last = np.mean([by_step[s] for s in steps_logged[-10:]])
+        timed = [r for r in records if "tokens_per_s" in r and r["step"] > 5]
+        tokens_per_s = float(np.median([r["tokens_per_s"] for r in timed]))
+        if not last < LOSS_FALL * first:
+            raise RuntimeError(f"the LLaMA loss did not fall: first five steps {first:.3f}, last ten {last:.3f}")
+        return {"first_loss": float(first), "last_loss": float(last), "tokens_per_s": tokens_per_s,
+                "summary": f"{steps} steps: loss {first:.2f} -> {last:.2f}, {tokens_per_s:,.0f} tokens/s"}
 
     def resume(self) -> dict:
         half = self.steps // 2
@@ -264,6 +284,7 @@ def main() -> int:
     check.stage("fused_adam", check.fused_adam)
     check.stage("cuda_tests", check.cuda_tests)
     check.stage("train", check.train)
+    check.stage("train_llama", check.train_llama)
     trained = check.stages["train"]["ok"]
     if trained:
         check.stage("resume", check.resume)
