@@ -58,7 +58,7 @@ def test_checkpoints_read_with_their_kv_heads(launched, tmp_path):
     for name, tag in tags.items():
         with MegarankCheckpoint(tag) as source:
             assert (source.info.n_heads, source.info.n_kv_heads, source.info.d_head) == (4, 2, 8)
-            assert source.info.details["qk_product"] == QK_NORM_NOTE
+            assert source.info.details["qk_norm"] == QK_NORM_NOTE
             tables[name] = analyse(source, rtol=0.01, atol=1e-3, progress=False)
             if name == "llama-reference":
                 for shards in source.layers():
@@ -73,4 +73,4 @@ def test_checkpoints_read_with_their_kv_heads(launched, tmp_path):
     write_report(tp, tmp_path / "rank", plots=False)
     summary = json.loads((tmp_path / "rank" / "summary.json").read_text())
     assert summary["model"]["n_kv_heads"] == 2
-    assert "raw q_proj/k_proj weights" in summary["details"]["qk_product"]
+    assert "raw q_proj/k_proj weights" in summary["details"]["qk_norm"]

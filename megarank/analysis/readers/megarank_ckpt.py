@@ -58,7 +58,7 @@ class MegarankCheckpoint(WeightSource):
                    **{k: v for k, v in marker.decay.items() if k != "wd_other"}, "precision": marker.precision,
                    "weights": weights}
         if qk_norm:
-            details["qk_product"] = QK_NORM_NOTE
+            details["qk_norm"] = QK_NORM_NOTE  # the key the HF reader uses too: megarank-rank prints it
         self.info = ModelInfo(
             family=marker.family, n_layers=marker.n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_model=d_model,
             d_head=d_head, source=str(tag_dir), format="megarank", details=details)
