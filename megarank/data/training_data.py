@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megarank.config.resolve import DataInfo
 from megarank.config.schema import DataConfig, ModelConfig
-from megarank.data.images import SeededTransform, build_transforms, open_image_splits
 from megarank.data.sampler import ResumableSampler
 from megarank.data.shard_tokenizer import check_shards_tokenizer
 from megarank.data.shards import TokenShards
 from megarank.data.stdlib_corpus import ensure_stdlib_dataset
 from megarank.data.text_dataset import TokenSequenceDataset
 from megarank.errors import MegarankError
+
+if TYPE_CHECKING:  # imported when a ViT run opens its images: torchvision (and torch._dynamo) cost a GPT ~3 s
+    from megarank.data.images import SeededTransform
 
 
 @dataclass
@@ -98,6 +101,8 @@ def open_text_data(cfg: DataConfig, *, seq_len: int, seed: int, show_progress: b
 
 def open_image_data(cfg: DataConfig, *, image_size: int, seed: int) -> ImageData:
     """The image splits with their seeded training and evaluation transforms."""
+    from megarank.data.images import SeededTransform, build_transforms, open_image_splits
+
     splits = open_image_splits(cfg)
     train_tf, eval_tf = build_transforms(cfg, image_size, splits.in_channels)
     return ImageData(train=SeededTransform(splits.train, train_tf, seed),
