@@ -1,4 +1,5 @@
-"""The launched training runs the suite shares: each named layout is trained once per session, on first use,
+"""The launched training runs the suite shares: each named layout is trained once per session (per test worker
+under `make test`'s pytest-xdist, which hands each worker whole files), on first use,
 through the entry points a user runs (megarank-train in one process, the DeepSpeed launcher, or
 tools/launch_node.sh per simulated node), and every test that needs that layout reads the same run.
 
