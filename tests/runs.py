@@ -1,4 +1,5 @@
-"""The launched training runs the suite shares: each named layout is trained once per session, on first use,
+"""The launched training runs the suite shares: each named layout is trained once per session (per test worker
+under `make test`'s pytest-xdist, which hands each worker whole files), on first use,
 through the entry points a user runs (megarank-train in one process, the DeepSpeed launcher, or
 tools/launch_node.sh per simulated node), and every test that needs that layout reads the same run.
 
@@ -95,17 +96,20 @@ LAUNCHES = {
 }
 
 
-def shm_buffers() -> set[str]:
-    """DeepSpeed's CPU shared-memory all-reduce buffers of this user (tests/train/test_shm_buffers.py)."""
-    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+def shm_buffers(port: int) -> set[str]:
+    """DeepSpeed's CPU shared-memory all-reduce buffers of this user's job on master port `port`
+    (tests/train/test_shm_buffers.py): named by user, address, port and rank, so another job running beside it
+    (a second test worker) has its own."""
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")}
 
 
-def launch_nodes(launch: Launch, run_dir: Path, corpus: Path, *extra: str, timeout: int = 300) -> str:
+def launch_nodes(launch: Launch, run_dir: Path, corpus: Path, *extra: str, timeout: int = 300,
+                 port: int | None = None) -> str:
     """launch.nodes simulated nodes on localhost, each tools/launch_node.sh with launch.nproc processes; returns
     their output, node 0's first."""
     args = ["configs/default.yaml", *TINY, f"data.path={corpus}", f"train.run_dir={run_dir}", *launch.overrides,
             *extra]
-    port = str(free_port())
+    port = str(port or free_port())
     nodes = [subprocess.Popen(["bash", "tools/launch_node.sh", *args], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env=clean_env(NNODES=str(launch.nodes), NODE_RANK=str(rank), NPROC=str(launch.nproc),
@@ -125,8 +129,8 @@ class Launched:
     run_dir: Path
     output: str
     """stdout and stderr of the launch."""
-    shm_before: set[str]
-    """DeepSpeed's shared-memory buffers that existed just before the launch."""
+    port: int
+    """The master port of the launch, which names its shared-memory buffers (see shm_buffers)."""
     fingerprint: dict[str, tuple[int, int]]
 
 
@@ -151,14 +155,13 @@ class LaunchedRuns:
         if name in self.failed:  # every reader of a failed run fails with its message, without a relaunch
             raise AssertionError(f"the shared run {name!r} failed earlier in this session:\n{self.failed[name]}")
         if name not in self.done:
-            before = shm_buffers()
-            run_dir = self.root / name / "run"
+            run_dir, port = self.root / name / "run", free_port()
             try:
-                output = self._launch(LAUNCHES[name], run_dir)
+                output = self._launch(LAUNCHES[name], run_dir, port=port)
             except (AssertionError, subprocess.TimeoutExpired) as err:
                 self.failed[name] = str(err)
                 raise
-            self.done[name] = Launched(run_dir, output, before, fingerprint(run_dir))
+            self.done[name] = Launched(run_dir, output, port, fingerprint(run_dir))
         return self.done[name]
 
     def output(self, name: str) -> str:
@@ -169,10 +172,10 @@ class LaunchedRuns:
         the output."""
         return self._launch(LAUNCHES[name], run_dir, *extra)
 
-    def _launch(self, launch: Launch, run_dir: Path, *extra: str) -> str:
+    def _launch(self, launch: Launch, run_dir: Path, *extra: str, port: int | None = None) -> str:
         if launch.nodes > 1:
-            return launch_nodes(launch, run_dir, self.corpus, *extra)
-        proc = run_training(run_dir, self.corpus, *launch.overrides, *extra, nproc=launch.nproc)
+            return launch_nodes(launch, run_dir, self.corpus, *extra, port=port)
+        proc = run_training(run_dir, self.corpus, *launch.overrides, *extra, nproc=launch.nproc, port=port)
         return proc.stdout + proc.stderr
 
     def changed(self) -> list[str]:

@@ -1,10 +1,13 @@
-"""Bad input through the real `megarank-train` CLI: a one-line error naming the problem and the fix, exit 2,
-no traceback, and nothing in an existing run directory touched."""
+"""Bad input through `megarank-train`'s entry point (cli.train_main, in this process: the error line and the exit
+status are what is under test, not the start-up): a one-line error naming the problem and the fix, exit 2, no
+traceback, and nothing in an existing run directory touched. A missing config file goes through the real
+console process, and the exit status through the interpreter."""
 
 from __future__ import annotations
 
 import pytest
 
+from megarank.cli import train_main
 from tests.helpers import TINY, run_cli
 
 
@@ -27,16 +30,24 @@ CASES = {
 }
 
 
+def train_cli(capsys, *args: str) -> tuple[int, str]:
+    """train_main(ARGS) here: its exit status and everything it printed."""
+    code = train_main(list(args))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_error(case, existing_run, tiny_corpus):
+def test_bad_input_is_one_line_error(case, existing_run, tiny_corpus, capsys):
     overrides, expected = CASES[case]
     before = {p.name: p.read_text() for p in existing_run.iterdir()}
     data = [] if case == "missing data path" else [f"data.path={tiny_corpus}"]
-    proc = run_cli("configs/default.yaml", *TINY, *data, f"train.run_dir={existing_run}", *overrides)
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
+    code, output = train_cli(capsys, "configs/default.yaml", *TINY, *data, f"train.run_dir={existing_run}",
+                             *overrides)
+    assert code == 2
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], output[-2000:]
+    assert "Traceback" not in output
     assert {p.name: p.read_text() for p in existing_run.iterdir()} == before
 
 
@@ -45,9 +56,9 @@ def test_missing_config_file(tmp_path):
     assert proc.returncode == 2 and "nope.yaml' not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_resume_none_refuses_to_overwrite_checkpoints(reference_run, tiny_corpus):
+def test_resume_none_refuses_to_overwrite_checkpoints(reference_run, tiny_corpus, capsys):
     before = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
-    proc = run_cli("configs/default.yaml", *TINY, f"data.path={tiny_corpus}", f"train.run_dir={reference_run}",
-                   "train.resume=none")
-    assert proc.returncode == 2 and "train.resume=none would overwrite them" in proc.stderr
+    code, output = train_cli(capsys, "configs/default.yaml", *TINY, f"data.path={tiny_corpus}",
+                             f"train.run_dir={reference_run}", "train.resume=none")
+    assert code == 2 and "train.resume=none would overwrite them" in output
     assert sorted(p.name for p in (reference_run / "checkpoints").iterdir()) == before
