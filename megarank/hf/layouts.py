@@ -19,9 +19,13 @@ Families:
            Tested both ways (tests/hf/).
     llama, qwen3 (export, keyed on qk_norm), llama / mistral / qwen2 / qwen3 (import): megarank's GPT with
            rotary positions and the LLaMA options model.norm=rmsnorm, model.mlp=swiglu (mlp.gate_proj/up_proj/
-           down_proj), model.n_kv_heads and model.qk_norm (attn.q_norm/k_norm). Written for those options,
-           which this ModelConfig does not have yet: until it does, both directions refuse in one line, and the
-           entries are untested.
+           down_proj), model.n_kv_heads and model.qk_norm (attn.q_norm/k_norm, Qwen3's (d_head,) gains). Tested
+           both ways against transformers (tests/hf/test_llama_layouts.py): export to LlamaForCausalLM and
+           Qwen3ForCausalLM (GQA and multi-head, tied and untied, LLaMA with biases), import from
+           LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (its q/k/v biases: model.bias=true with zero
+           o_proj and MLP biases, exact) and Qwen3ForCausalLM. Refused in one line: sliding-window attention,
+           scaled RoPE, head_dim != d_model / n_heads, a non-SiLU MLP, and Qwen3 export with model.bias=true
+           (Qwen3's MLP has no biases).
 """
 
 from __future__ import annotations
