@@ -29,7 +29,7 @@ from megarank.hf.layouts import LLAMA_OPTIONS, from_hf_state, import_layout, mod
 
 SHAPE_KEYS = ("family", "n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "position", "rope_base", "bias",
               "tie_embeddings", "norm_eps", "max_positions",
-              *(key for key in LLAMA_OPTIONS if key in ModelConfig.__dataclass_fields__))
+              *LLAMA_OPTIONS)
 """The model keys a megarank source fixes; the others (seq_len, dropout, attn_backend, init_std, ...) stay the
 run's own."""
 

@@ -19,9 +19,13 @@ Families:
            Tested both ways (tests/hf/).
     llama, qwen3 (export, keyed on qk_norm), llama / mistral / qwen2 / qwen3 (import): megarank's GPT with
            rotary positions and the LLaMA options model.norm=rmsnorm, model.mlp=swiglu (mlp.gate_proj/up_proj/
-           down_proj), model.n_kv_heads and model.qk_norm (attn.q_norm/k_norm). Written for those options,
-           which this ModelConfig does not have yet: until it does, both directions refuse in one line, and the
-           entries are untested.
+           down_proj), model.n_kv_heads and model.qk_norm (attn.q_norm/k_norm, Qwen3's (d_head,) gains). Tested
+           both ways against transformers (tests/hf/test_llama_layouts.py): export to LlamaForCausalLM and
+           Qwen3ForCausalLM (GQA and multi-head, tied and untied, LLaMA with biases), import from
+           LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (its q/k/v biases: model.bias=true with zero
+           o_proj and MLP biases, exact) and Qwen3ForCausalLM. Refused in one line: sliding-window attention,
+           scaled RoPE, head_dim != d_model / n_heads, a non-SiLU MLP, and Qwen3 export with model.bias=true
+           (Qwen3's MLP has no biases).
 """
 
 from __future__ import annotations
@@ -131,19 +135,15 @@ GPT2 = HFLayout(
     ignored=(r"transformer\.h\.\d+\.attn\.(masked_)?bias",))
 
 
-# --- LLaMA family (untested: needs model.norm / mlp / n_kv_heads / qk_norm, see the module docstring) ---------
+# --- LLaMA family: model.norm=rmsnorm, mlp=swiglu, position=rotary, n_kv_heads, qk_norm -------------------------
 
 LLAMA_OPTIONS = ("norm", "mlp", "n_kv_heads", "qk_norm")
-"""The ModelConfig keys the LLaMA-family entries need."""
-
-
-def _kv_heads(cfg: ModelConfig) -> int:
-    return getattr(cfg, "n_kv_heads", None) or cfg.n_heads
+"""The ModelConfig keys of the LLaMA options (a megarank source of train.init_from fixes them)."""
 
 
 def _llama_config(cfg: ModelConfig) -> dict:
     return {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "num_key_value_heads": _kv_heads(cfg), "head_dim": cfg.d_head, "intermediate_size": cfg.ffn_dim,
+            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.d_head, "intermediate_size": cfg.ffn_dim,
             "max_position_embeddings": cfg.max_positions or cfg.seq_len, "rms_norm_eps": cfg.norm_eps,
             "rope_theta": cfg.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
             "hidden_act": "silu", "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
@@ -154,9 +154,13 @@ def _llama_model_keys(hf: dict) -> dict:
     if hf.get("hidden_act", "silu") != "silu":
         raise MegarankError(f"this {hf.get('model_type')} uses hidden_act='{hf['hidden_act']}'; megarank's SwiGLU "
                             "MLP is SiLU-gated ('silu')")
-    if hf.get("sliding_window") is not None:
+    # Qwen2/Qwen3 keep sliding_window beside use_sliding_window=false (off); Mistral's is on when set
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    layer_types = set(hf.get("layer_types") or ()) - {"full_attention"}
+    if window is not None or layer_types:
         raise MegarankError(f"this {hf.get('model_type')} uses sliding-window attention "
-                            f"(sliding_window={hf['sliding_window']}); megarank's attention is full causal")
+                            f"(sliding_window={window}, layer_types {sorted(layer_types)}); megarank's attention is "
+                            "full causal")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
         raise MegarankError(f"this {hf.get('model_type')} scales RoPE ('{rope['rope_type']}'); megarank's RoPE is "
@@ -202,9 +206,8 @@ IMPORTS: dict[str, HFLayout] = {"gpt2": GPT2, "llama": LLAMA, "mistral": LLAMA, 
 # --- choosing a layout ----------------------------------------------------------------------------------------
 
 def is_llama_style(cfg: ModelConfig) -> bool:
-    """Whether cfg uses any LLaMA option (attributes this ModelConfig may not have yet)."""
-    return (getattr(cfg, "norm", "layernorm") != "layernorm" or getattr(cfg, "mlp", "gelu") != "gelu"
-            or getattr(cfg, "n_kv_heads", None) not in (None, cfg.n_heads) or bool(getattr(cfg, "qk_norm", False)))
+    """Whether cfg uses any LLaMA option."""
+    return cfg.norm != "layernorm" or cfg.mlp != "gelu" or cfg.kv_heads != cfg.n_heads or cfg.qk_norm
 
 
 def export_layout(cfg: ModelConfig) -> HFLayout:
@@ -212,14 +215,17 @@ def export_layout(cfg: ModelConfig) -> HFLayout:
     if cfg.family != "gpt":
         raise MegarankError(f"a {cfg.family} has no Hugging Face causal-LM form; megarank-export writes GPTs")
     if is_llama_style(cfg):
-        if getattr(cfg, "norm", None) != "rmsnorm" or getattr(cfg, "mlp", None) != "swiglu" or cfg.position != "rotary":
+        if cfg.norm != "rmsnorm" or cfg.mlp != "swiglu" or cfg.position != "rotary":
             raise MegarankError("a LLaMA-style megarank GPT exports as Llama/Qwen3 only with model.norm=rmsnorm, "
                                 "model.mlp=swiglu and model.position=rotary")
-        return QWEN3 if getattr(cfg, "qk_norm", False) else LLAMA
+        if cfg.qk_norm and cfg.bias:
+            raise MegarankError("a megarank GPT with model.qk_norm=true exports as Qwen3, whose MLP has no biases "
+                                "(attention_bias covers q/k/v/o only); export it with model.bias=false")
+        return QWEN3 if cfg.qk_norm else LLAMA
     if cfg.position != "learned":
         raise MegarankError(f"a megarank GPT with model.position={cfg.position} has no GPT-2 form; megarank-export "
-                            "writes GPT-2 (position=learned, layernorm, gelu) and, once the model has the LLaMA "
-                            "options, Llama/Qwen3 (rotary, rmsnorm, swiglu)")
+                            "writes GPT-2 (position=learned, layernorm, gelu) and Llama/Qwen3 (rotary, rmsnorm, "
+                            "swiglu)")
     return GPT2
 
 
@@ -240,14 +246,8 @@ def hf_config(layout: HFLayout, cfg: ModelConfig) -> dict:
 
 
 def model_keys(layout: HFLayout, hf: dict, *, nonzero_bias: bool) -> dict:
-    """The megarank model keys an HF config.json gives (bias: whether any HF bias is non-zero); one line where
-    this megarank's ModelConfig lacks a key the family needs (the LLaMA options, until they land)."""
-    keys = {**layout.config_from_hf(hf), "bias": nonzero_bias}
-    lacking = [key for key in keys if key not in ModelConfig.__dataclass_fields__]
-    if lacking:
-        raise MegarankError(f"a '{layout.name}' checkpoint needs model.{lacking[0]}, which this megarank's model "
-                            "does not have yet (the LLaMA options); megarank imports GPT-2 today")
-    return keys
+    """The megarank model keys an HF config.json gives (bias: whether any HF bias is non-zero)."""
+    return {**layout.config_from_hf(hf), "bias": nonzero_bias}
 
 
 def _int(hf: dict, key: str) -> int:

@@ -1,7 +1,8 @@
 """megarank-export (megarank/hf/export.py, export_cli.py) against `transformers` as the reference: the exported
 directory, loaded with AutoModelForCausalLM.from_pretrained, gives the logits megarank's own GPT of the same
 checkpoint gives (megarank/evaluation/load.py) within 1e-5 in fp32, on the run's validation tokens, for the
-one-process run (`reference`) and the TP=2 × ZeRO-3 run (`tp2-zero3`) of tests/runs.py; AutoTokenizer on the
+one-process run (`reference`, as GPT-2), the TP=2 × ZeRO-3 run (`tp2-zero3`, as GPT-2) and the tiny LLaMA with
+q/k norms (`llama-reference`, as Qwen3: RMSNorm, SwiGLU, GQA, RoPE) of tests/runs.py; AutoTokenizer on the
 export encodes text to the ids megarank's SentencePiece tokenizer gives. A non-empty --out and a missing
 tokenizer are one-line errors (exit 2) that write nothing."""
 
@@ -30,23 +31,29 @@ def export(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module", params=("reference", "tp2-zero3"))
+FAMILY = {"reference": ("gpt2", "GPT2LMHeadModel"), "tp2-zero3": ("gpt2", "GPT2LMHeadModel"),
+          "llama-reference": ("qwen3", "Qwen3ForCausalLM")}
+"""The launched run -> the family its export is and the class transformers builds from it."""
+
+
+@pytest.fixture(scope="module", params=tuple(FAMILY))
 def exported(request, launched, tmp_path_factory):
     run_dir = launched(request.param)
     out = tmp_path_factory.mktemp("export") / request.param
     proc = export(run_dir, out)
     assert proc.returncode == 0, proc.stderr
-    return run_dir, out, proc.stdout
+    return run_dir, out, proc.stdout, request.param
 
 
 def test_logits_under_transformers_equal_megarank(exported, tiny_corpus):
-    run_dir, out, stdout = exported
-    assert "gpt2" in stdout and "step 8" in stdout
+    run_dir, out, stdout, name = exported
+    family, architecture = FAMILY[name]
+    assert family in stdout and "step 8" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
                                                       "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
     ours = load_gpt(run_dir).model
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert type(theirs).__name__ == "GPT2LMHeadModel"
+    assert type(theirs).__name__ == architecture
     assert theirs.config.vocab_size == ours.cfg.vocab_size  # the padded vocabulary the run trained
     val = TokenShards(tiny_corpus / "val")
     batch = torch.from_numpy(val.read(0, 4 * 16).astype("int64")).view(4, 16)
@@ -55,7 +62,7 @@ def test_logits_under_transformers_equal_megarank(exported, tiny_corpus):
 
 
 def test_tokenizer_gives_megarank_ids(exported, tiny_corpus):
-    _, out, _ = exported
+    _, out, _, _ = exported
     ours = Tokenizer(tiny_corpus / "tokenizer.model")
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     texts = TEXTS + [p.read_text(encoding="utf-8")[:3000] for p in sorted(Path(torch.__file__).parent.glob("*.py"))[:20]]

@@ -2,7 +2,8 @@
 reference), and back: logits of the converted model equal megarank's within 1e-5 (fp32), with and without
 biases, tied and untied heads; an HF GPT-2 built by `transformers` converts to a megarank GPT whose logits equal
 HF's; what has no GPT-2 form (rotary positions, tanh GELU, non-zero biases into a bias-free model) is refused in
-one line. The LLaMA-family entries are not tested here: the model has no LLaMA options yet."""
+one line; a LLaMA/Qwen3 config.json round-trips to the model it came from (their logits, both directions:
+tests/hf/test_llama_layouts.py)."""
 
 from __future__ import annotations
 
@@ -105,15 +106,19 @@ def test_what_has_no_gpt2_form_is_refused_in_one_line():
         import_layout({"model_type": "bert"}, "somewhere")
 
 
-def test_llama_family_is_refused_until_the_model_has_its_options():
-    """The LLaMA entries exist but this ModelConfig cannot express them yet: one line, not a crash."""
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=64).to_dict()
-    layout = import_layout(config, "test")
-    if all(key in ModelConfig.__dataclass_fields__ for key in ("norm", "mlp", "n_kv_heads")):
-        pytest.fail("the LLaMA options landed: replace this test with logits tests of the llama/qwen3 entries")
-    with pytest.raises(MegarankError, match="needs model.n_kv_heads|needs model.norm"):
-        model_keys(layout, config, nonzero_bias=False)
+def test_llama_config_round_trips_to_the_same_model_keys():
+    """export's config.json read back by import gives the megarank model it came from (the logits of both
+    directions: tests/hf/test_llama_layouts.py)."""
+    for qk_norm in (False, True):
+        cfg = ModelConfig(**{**SMALL, "max_positions": 16}, position="rotary", norm="rmsnorm", mlp="swiglu",
+                          n_kv_heads=2, qk_norm=qk_norm, ffn_multiple=16, rope_base=5e5, norm_eps=1e-6,
+                          tie_embeddings=not qk_norm)
+        layout = export_layout(cfg)
+        config = hf_config(layout, cfg)
+        assert import_layout(config, "test") is layout
+        back = ModelConfig(**{**model_keys(layout, config, nonzero_bias=False), "seq_len": 16,
+                              "attn_backend": "math", "ffn_multiple": 16})
+        assert back == dataclasses.replace(cfg, d_ff=cfg.ffn_dim)
 
 
 def test_unread_hf_tensor_is_an_error():
