@@ -88,7 +88,7 @@ LAUNCHES = {
     "llama-reference": Launch(
         (*EIGHT_STEPS, "model.position=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.n_kv_heads=2",
          "model.qk_norm=true", "model.ffn_multiple=16", "zero.stage=1", "analysis.every=4"),
-        readers=("parallel/test_llama_tensor_parallel.py", "analysis/test_llama_rank.py")),
+        readers=("parallel/test_llama_tensor_parallel.py", "analysis/test_llama_rank.py", "hf/test_export.py")),
     "llama-tp2-dp2-zero1": Launch(
         (*EIGHT_STEPS, "model.position=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.n_kv_heads=2",
          "model.qk_norm=true", "model.ffn_multiple=16", "parallel.tp=2", "zero.stage=1", "analysis.every=4"),
