@@ -45,7 +45,7 @@ class Launch:
 LAUNCHES = {
     "reference": Launch(
         (*EIGHT_STEPS, "zero.stage=1", "analysis.every=2"),
-        readers=("the single-process reference of nearly every training, analysis, evaluation and ckpt test; "
+        readers=("the single-process reference of nearly every training, analysis, evaluation, ckpt and hf test; "
                  "train/test_weight_norms.py (one process)", "train/test_bf16.py (the fp32 side)")),
     # data parallelism: 2 processes at each ZeRO stage, validated at the last step
     "dp2-zero1": Launch((*EIGHT_STEPS, "zero.stage=1", *DP2_EXTRA), nproc=2,
@@ -60,7 +60,8 @@ LAUNCHES = {
                         readers=("parallel/test_tensor_parallel.py (and its resume)", "evaluation/test_layouts.py",
                                  "train/test_levers.py")),
     "tp2-zero3": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=3", "analysis.every=2"), nproc=2,
-                        readers=("parallel/test_tensor_parallel.py", "train/test_weight_norms.py (TP=2, ZeRO-3)")),
+                        readers=("parallel/test_tensor_parallel.py", "train/test_weight_norms.py (TP=2, ZeRO-3)",
+                                 "hf/test_export.py")),
     "tp2-dp2-zero2": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=2"), nproc=4,
                             readers=("parallel/test_tensor_parallel.py",)),
     "two-nodes-tp2-dp2-zero1": Launch((*EIGHT_STEPS, "parallel.tp=2", "zero.stage=1", "train.eval_every=8"),
