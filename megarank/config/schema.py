@@ -39,7 +39,9 @@ class ModelConfig(Freezable):
     """'layernorm' (GPT-2: centred, with a bias when model.bias) or 'rmsnorm' (LLaMA: x / rms(x) · gain, no centring,
     no bias). The modules keep their names (ln_1, ln_2, ln_f) either way."""
     mlp: str = "gelu"
-    """'gelu' (fc_in -> GELU -> fc_out) or 'swiglu' (LLaMA: down_proj(silu(gate_proj(x)) * up_proj(x)))."""
+    """'gelu' (fc_in -> GELU -> fc_out, the exact erf GELU), 'gelu_tanh' (the same with GELU's tanh approximation:
+    OpenAI's GPT-2, HF's 'gelu_new', so its checkpoints import exactly) or 'swiglu' (LLaMA:
+    down_proj(silu(gate_proj(x)) * up_proj(x)))."""
     ffn_multiple: int = 256
     """SwiGLU only: its default width 2/3 · 4 · d_model is rounded up to a multiple of this (LLaMA's multiple_of);
     an explicit d_ff is taken as it is."""
@@ -110,7 +112,8 @@ class ModelConfig(Freezable):
         for name in ("n_layers", "d_model", "n_heads", "seq_len"):
             _require(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
         _require(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be 'layernorm' or 'rmsnorm', got '{self.norm}'")
-        _require(self.mlp in ("gelu", "swiglu"), f"model.mlp must be 'gelu' or 'swiglu', got '{self.mlp}'")
+        _require(self.mlp in ("gelu", "gelu_tanh", "swiglu"),
+                 f"model.mlp must be 'gelu', 'gelu_tanh' or 'swiglu', got '{self.mlp}'")
         _require(self.ffn_multiple > 0, f"model.ffn_multiple must be positive, got {self.ffn_multiple}")
         if self.n_kv_heads is not None:
             _require(0 < self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0,

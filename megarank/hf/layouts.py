@@ -15,7 +15,8 @@ imports as model.bias=true (model_keys says which). An HF bias the family lacks 
 has none on o_proj and the MLP) imports as zeros.
 
 Families:
-    gpt2   GPT2LMHeadModel: megarank's GPT with learned positions (GELU exact: activation_function 'gelu').
+    gpt2   GPT2LMHeadModel: megarank's GPT with learned positions (model.mlp gelu <-> 'gelu', gelu_tanh <->
+           'gelu_new', OpenAI's).
            Tested both ways (tests/hf/).
     llama, qwen3 (export, keyed on qk_norm), llama / mistral / qwen2 / qwen3 (import): megarank's GPT with
            rotary positions and the LLaMA options model.norm=rmsnorm, model.mlp=swiglu (mlp.gate_proj/up_proj/
@@ -85,12 +86,13 @@ class HFLayout:
 
 # --- GPT-2 ----------------------------------------------------------------------------------------------------
 
-GPT2_ACTIVATION = "gelu"  # megarank's MLP: nn.GELU(), the exact erf form; HF's 'gelu_new' is the tanh one
+# megarank's model.mlp <-> GPT-2's activation_function: the exact erf GELU, and the tanh form OpenAI trained with
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
 
 def _gpt2_config(cfg: ModelConfig) -> dict:
     return {"n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.ffn_dim,
-            "n_positions": cfg.max_positions or cfg.seq_len, "activation_function": GPT2_ACTIVATION,
+            "n_positions": cfg.max_positions or cfg.seq_len, "activation_function": GPT2_ACTIVATIONS[cfg.mlp],
             "layer_norm_epsilon": cfg.norm_eps, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
             "attn_pdrop": cfg.dropout, "initializer_range": cfg.init_std, "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
@@ -98,10 +100,10 @@ def _gpt2_config(cfg: ModelConfig) -> dict:
 
 def _gpt2_model_keys(hf: dict) -> dict:
     activation = hf.get("activation_function", "gelu_new")  # GPT2Config's default
-    if activation != GPT2_ACTIVATION:
-        raise MegarankError(f"this GPT-2 uses activation_function='{activation}'; megarank's MLP is the exact GELU "
-                            f"('{GPT2_ACTIVATION}'), so only GPT-2 configs with activation_function='gelu' convert "
-                            "exactly")
+    mlp = {hf_name: ours for ours, hf_name in GPT2_ACTIVATIONS.items()}.get(activation)
+    if mlp is None:
+        raise MegarankError(f"this GPT-2 uses activation_function='{activation}'; megarank's MLP converts exactly "
+                            f"only {' or '.join(repr(a) for a in GPT2_ACTIVATIONS.values())}")
     for key, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                         ("add_cross_attention", False)):
         if hf.get(key, wanted) != wanted:
@@ -111,8 +113,8 @@ def _gpt2_model_keys(hf: dict) -> dict:
     n_inner = hf.get("n_inner")
     return {"family": "gpt", "n_layers": _int(hf, "n_layer"), "d_model": n_embd, "n_heads": _int(hf, "n_head"),
             "d_ff": int(n_inner) if n_inner is not None else 4 * n_embd, "max_positions": _int(hf, "n_positions"),
-            "vocab_size": _int(hf, "vocab_size"), "position": "learned",
-            "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
+            "vocab_size": _int(hf, "vocab_size"), "position": "learned", "norm": "layernorm", "mlp": mlp,
+            "n_kv_heads": None, "qk_norm": False, "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
             "tie_embeddings": bool(hf.get("tie_word_embeddings", True))}
 
 
@@ -207,7 +209,7 @@ IMPORTS: dict[str, HFLayout] = {"gpt2": GPT2, "llama": LLAMA, "mistral": LLAMA, 
 
 def is_llama_style(cfg: ModelConfig) -> bool:
     """Whether cfg uses any LLaMA option."""
-    return cfg.norm != "layernorm" or cfg.mlp != "gelu" or cfg.kv_heads != cfg.n_heads or cfg.qk_norm
+    return cfg.norm != "layernorm" or cfg.mlp == "swiglu" or cfg.kv_heads != cfg.n_heads or cfg.qk_norm
 
 
 def export_layout(cfg: ModelConfig) -> HFLayout:

@@ -22,12 +22,12 @@ from megarank.models.attention import RotaryEmbedding, SelfAttention
 
 
 class MLP(nn.Module):
-    """fc_in -> GELU -> fc_out."""
+    """fc_in -> GELU -> fc_out; GELU exact (erf) or, with tanh=True, its tanh approximation (OpenAI's GPT-2)."""
 
-    def __init__(self, d_model: int, d_ff: int, *, bias: bool, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, *, bias: bool, dropout: float, tanh: bool = False):
         super().__init__()
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if tanh else "none")
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -66,7 +66,10 @@ class Block(nn.Module):
                                   backend=attn_backend, rotary=rotary, n_kv_heads=n_kv_heads, qk_norm=qk_norm,
                                   norm_eps=norm_eps)
         self.ln_2 = make_norm(norm, d_model, eps=norm_eps, bias=bias)
-        self.mlp = (SwiGLU if mlp == "swiglu" else MLP)(d_model, d_ff, bias=bias, dropout=dropout)
+        if mlp == "swiglu":
+            self.mlp = SwiGLU(d_model, d_ff, bias=bias, dropout=dropout)
+        else:
+            self.mlp = MLP(d_model, d_ff, bias=bias, dropout=dropout, tanh=mlp == "gelu_tanh")
         # set by parallel/activation_checkpointing.py: runs forward so that backward recomputes it
         self.recompute = None
 

@@ -55,10 +55,12 @@ def test_megarank_gpt_as_gpt2_gives_the_same_logits(bias, tied):
         torch.testing.assert_close(theirs(idx).logits, ours(idx), rtol=0, atol=1e-5)
 
 
-def test_gpt2_built_by_transformers_converts_to_the_same_logits():
+@pytest.mark.parametrize("activation, mlp", [("gelu", "gelu"), ("gelu_new", "gelu_tanh")])
+def test_gpt2_built_by_transformers_converts_to_the_same_logits(activation, mlp):
+    """Both GELUs: the exact one, and OpenAI's tanh form ('gelu_new', GPT2Config's default) as model.mlp=gelu_tanh."""
     torch.manual_seed(1)
     config = transformers.GPT2Config(vocab_size=96, n_positions=24, n_embd=32, n_layer=2, n_head=4, n_inner=48,
-                                     activation_function="gelu", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+                                     activation_function=activation, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
     theirs = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # HF initialises its biases to zero: make them count
         for name, p in theirs.named_parameters():
@@ -68,6 +70,7 @@ def test_gpt2_built_by_transformers_converts_to_the_same_logits():
     layout = import_layout(config.to_dict(), "test")
     keys = model_keys(layout, config.to_dict(), nonzero_bias=nonzero_bias(hf, layout))
     assert keys["bias"] and keys["d_ff"] == 48 and keys["max_positions"] == 24 and keys["vocab_size"] == 96
+    assert keys["mlp"] == mlp
     cfg = ModelConfig(**{**keys, "seq_len": 16, "attn_backend": "math"})
     ours = GPT(cfg).eval()
     ours.load_state_dict(from_hf_state(layout, cfg, hf, "test"))
@@ -99,9 +102,9 @@ def test_what_has_no_gpt2_form_is_refused_in_one_line():
     with pytest.raises(MegarankError, match="no GPT-2 form.*position=learned") as err:
         export_layout(ModelConfig(**{**SMALL, "position": "rotary"}))
     assert "\n" not in str(err.value)
-    gelu_new = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4).to_dict()  # GPT-2's own tanh GELU
-    with pytest.raises(MegarankError, match="gelu_new.*exact GELU"):
-        model_keys(GPT2, gelu_new, nonzero_bias=False)
+    relu = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, activation_function="relu").to_dict()
+    with pytest.raises(MegarankError, match="'relu'.*only 'gelu' or 'gelu_new'"):
+        model_keys(GPT2, relu, nonzero_bias=False)
     with pytest.raises(MegarankError, match="reads the Hugging Face families gpt2, llama"):
         import_layout({"model_type": "bert"}, "somewhere")
 

@@ -116,7 +116,7 @@ def test_defaults_build_the_gpt_of_before():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(norm="batchnorm"), "model.norm must be 'layernorm' or 'rmsnorm', got 'batchnorm'"),
-    (dict(mlp="relu"), "model.mlp must be 'gelu' or 'swiglu', got 'relu'"),
+    (dict(mlp="relu"), "model.mlp must be 'gelu', 'gelu_tanh' or 'swiglu', got 'relu'"),
     (dict(n_kv_heads=5), "model.n_kv_heads=5 does not divide model.n_heads=12"),
     (dict(n_kv_heads=0), "model.n_kv_heads=0 does not divide model.n_heads=12"),
     (dict(ffn_multiple=0), "model.ffn_multiple must be positive, got 0"),
