@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from megarank.config import ModelConfig, load_config, validate
 from megarank.errors import MegarankError
