@@ -88,7 +88,7 @@ bench: $(STAMP)
 # make bench, megarank-rank/-eval on CUDA) -> runs/gpu_check/report.md and report.json; exits 2 without a GPU.
 # PY=python3 runs it with an interpreter that already holds megarank's packages (no .venv is made).
 gpu-check: $(if $(filter command line,$(origin PY)),,$(STAMP))
-	$(PY) tools/gpu_check.py --out runs/gpu_check
+	$(PY) tools/gpu_check.py --out runs/gpu_check $(if $(STAGES),--stages $(STAGES))
 
 # A random LLaMA-2-7B-shaped safetensors checkpoint (13.5 GB under $$TMPDIR), analysed end to end.
 bench-rank: $(STAMP)

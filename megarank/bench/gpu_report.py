@@ -4,8 +4,9 @@ written from one results dict so the two never disagree.
 The results dict, as tools/gpu_check.py records it:
     environment: gpu (name), gpus (count), driver, cuda, torch, deepspeed, flash_attn, python, date
     stages: name -> {ok: bool, seconds: float, summary: str, error?: str, ...the stage's own figures}
-    complete: every stage has run (a report is rewritten after each stage, so a check cut short leaves one)
-    ok: complete, and every stage passed
+    left_out: the stages --stages did not select (absent or empty: every stage was selected)
+    complete: every selected stage has run (a report is rewritten after each stage, so a check cut short leaves one)
+    ok: complete, and every stage that ran passed
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def render_markdown(results: dict) -> str:
              f"{env.get('gpus', '?')} × {env.get('gpu', '?')}, driver {env.get('driver', '?')}, CUDA "
              f"{env.get('cuda', '?')}, torch {env.get('torch', '?')}, DeepSpeed {env.get('deepspeed', '?')}, "
              f"flash_attn {env.get('flash_attn') or 'not installed'}, Python {env.get('python', '?')}; "
-             f"{env.get('date', '')}.", "",
-             "| stage | result | seconds | summary |", "|---|---|---|---|"]
+             f"{env.get('date', '')}.", ""]
+    if results.get("left_out"):
+        lines += [f"Only some stages were selected (--stages); left out: {', '.join(results['left_out'])}.", ""]
+    lines += ["| stage | result | seconds | summary |", "|---|---|---|---|"]
     for name, stage in results["stages"].items():
         result = "pass" if stage["ok"] else "FAIL"
         summary = stage.get("summary", "")

@@ -24,6 +24,14 @@ def test_without_a_gpu_one_line_and_exit_2():
     assert not (REPO / "unused").exists()
 
 
+def test_an_unknown_stage_is_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--out", "unused", "--stages", "train,rnak"],
+                          cwd=REPO, capture_output=True, text=True, env=clean_env(CUDA_VISIBLE_DEVICES=""), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown stage rnak" in proc.stderr, proc.stderr
+    assert not (REPO / "unused").exists()
+
+
 def test_report_from_the_recorded_h100_check(tmp_path):
     json_path, md_path = write_report(RECORDED, tmp_path)
     assert json.loads(json_path.read_text()) == RECORDED
@@ -53,3 +61,7 @@ def test_a_failed_or_cut_short_check_says_so(tmp_path):
     assert "### train: what failed" in text
     cut = copy.deepcopy(RECORDED) | {"complete": False, "ok": False}
     assert render_markdown(cut).startswith("# make gpu-check: INCOMPLETE")
+    partial = copy.deepcopy(RECORDED) | {"left_out": ["bench", "eval"]}
+    partial["stages"] = {name: partial["stages"][name] for name in ("train", "rank")}
+    text = render_markdown(partial)
+    assert text.startswith("# make gpu-check: PASSED") and "left out: bench, eval" in text
