@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from megarank.errors import MegarankError
+from megarank.errors import MegarankError, stdout_closed
 
 log = logging.getLogger("megarank")
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except MegarankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 def _run(grid, args) -> int:
