@@ -169,10 +169,14 @@ def _llama_model_keys(hf: dict) -> dict:
         raise MegarankError(f"this {hf.get('model_type')} uses sliding-window attention "
                             f"(sliding_window={window}, layer_types {sorted(layer_types)}); megarank's attention is "
                             "full causal")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise MegarankError(f"this {hf.get('model_type')} scales RoPE ('{rope['rope_type']}'); megarank's RoPE is "
-                            "the default one")
+    # transformers 5 writes rope_parameters; older files (Llama 3.1's among them) rope_scaling, whose oldest form
+    # names the scaling 'type': a scaling in either refuses
+    ropes = [r for r in (hf.get("rope_parameters"), hf.get("rope_scaling")) if isinstance(r, dict)]
+    scaled = [kind for kind in (r.get("rope_type", r.get("type")) for r in ropes) if kind not in (None, "default")]
+    if scaled:
+        raise MegarankError(f"this {hf.get('model_type')} scales RoPE ('{scaled[0]}'); megarank's RoPE is the "
+                            "default one")
+    rope = ropes[0] if ropes else {}
     d_model, n_heads = _int(hf, "hidden_size"), _int(hf, "num_attention_heads")
     if hf.get("head_dim") not in (None, d_model // n_heads):
         raise MegarankError(f"this {hf.get('model_type')} has head_dim={hf['head_dim']} != hidden_size / "

@@ -1,9 +1,9 @@
 """Where each Hugging Face family keeps its attention weights, and how its fused tensors split into q, k, v, o.
 
-One row of LAYOUTS per layout: the names of a layer's attention tensors (megarank/hf/names.py ATTENTION, the table
-the HF converter reads too), which slot each fills, and how the slots become q, k, v, o in nn.Linear layout (q (n_q·d_head,
-d_model), k and v (n_kv·d_head, d_model), o (d_model, n_q·d_head)). Query head h reads K/V head h // (n_q / n_kv)
-in every layout, as transformers' repeat_kv and Falcon's broadcast do.
+One row of LAYOUTS per layout: the names of a layer's attention tensors (megarank/hf/names.py ATTENTION, the
+table the HF converter reads too), which slot each fills, and how the slots become q, k, v, o in nn.Linear
+layout (q (n_q·d_head, d_model), k and v (n_kv·d_head, d_model), o (d_model, n_q·d_head)). Query head h reads
+K/V head h // (n_q / n_kv) in every layout, as transformers' repeat_kv and Falcon's broadcast do.
 
 Slots: q, k, v, o (one projection each) or qkv (q, k and v fused into one tensor) and o. Two fused orders exist:
     blocked   [all q heads; all k heads; all v heads]                   GPT-2 c_attn, Phi-3 qkv_proj
