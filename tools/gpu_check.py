@@ -101,6 +101,16 @@ def losses(records: list[dict]) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def loss_fell(by_step: dict[int, float], what: str) -> tuple[float, float]:
+    """The mean loss of the first five and of the last ten logged steps; a RuntimeError naming `what` unless the
+    last ten's is below LOSS_FALL times the first five's."""
+    steps = sorted(by_step)
+    first, last = float(np.mean([by_step[s] for s in steps[:5]])), float(np.mean([by_step[s] for s in steps[-10:]]))
+    if not last < LOSS_FALL * first:
+        raise RuntimeError(f"{what} did not fall: first five steps {first:.3f}, last ten {last:.3f}")
+    return first, last
+
+
 class Check:
     """The stages' results, each recorded as it ends so the report holds whatever ran."""
 
@@ -165,8 +175,7 @@ class Check:
                                              f"train.eval_every={self.steps}", f"analysis.every={half}",
                                              *self.optim], self.out / "train.log")
         by_step = losses(records)
-        steps = sorted(by_step)
-        first, last = np.mean([by_step[s] for s in steps[:5]]), np.mean([by_step[s] for s in steps[-10:]])
+        first, last = loss_fell(by_step, "the loss")
         timed = [r for r in records if "tokens_per_s" in r and r["step"] > 5]
         figures = {"first_loss": float(first), "last_loss": float(last),
                    "tokens_per_s": float(np.median([r["tokens_per_s"] for r in timed])),
@@ -174,8 +183,6 @@ class Check:
                    "peak_mem_gb": max(r["peak_mem_gb"] for r in timed),
                    "val_loss": next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None),
                    "loss_spikes": sum(1 for r in records if r.get("warning") == "loss_spike"), "losses": by_step}
-        if not last < LOSS_FALL * first:
-            raise RuntimeError(f"the loss did not fall: first five steps {first:.3f}, last ten {last:.3f}")
         figures["summary"] = (f"{self.steps} steps: loss {first:.2f} -> {last:.2f}, "
                               f"{figures['tokens_per_s']:,.0f} tokens/s, MFU {figures['mfu']:.1%}, "
                               f"peak {figures['peak_mem_gb']:.1f} GB")
@@ -187,14 +194,9 @@ class Check:
         records = train(self.out / "llama", [*LLAMA_OVERRIDES, f"train.max_steps={steps}",
                                              "checkpoint.every=0", "train.eval_every=0", "analysis.every=0",
                                              *self.optim], self.out / "llama.log", config=LLAMA_CONFIG)
-        by_step = losses(records)
-        steps_logged = sorted(by_step)
-        first = np.mean([by_step[s] for s in steps_logged[:5]])
-        last = np.mean([by_step[s] for s in steps_logged[-10:]])
+        first, last = loss_fell(losses(records), "the LLaMA loss")
         timed = [r for r in records if "tokens_per_s" in r and r["step"] > 5]
         tokens_per_s = float(np.median([r["tokens_per_s"] for r in timed]))
-        if not last < LOSS_FALL * first:
-            raise RuntimeError(f"the LLaMA loss did not fall: first five steps {first:.3f}, last ten {last:.3f}")
         return {"first_loss": float(first), "last_loss": float(last), "tokens_per_s": tokens_per_s,
                 "summary": f"{steps} steps: loss {first:.2f} -> {last:.2f}, {tokens_per_s:,.0f} tokens/s"}
 

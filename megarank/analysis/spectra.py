@@ -166,8 +166,14 @@ _bf16_saved = ""
 @contextmanager
 def _exact_bf16_matmul():
     """float32 matmuls through oneDNN's bf16 path (AMX/AVX-512-BF16 where present) while inside; only for
-    operands that are exact in bf16, where it changes nothing but the speed. The setting is process-wide, so
-    concurrent users share it and the last one out restores it."""
+    operands that are exact in bf16, where it changes nothing but the speed.
+
+    torch keeps the setting (torch.backends.mkldnn.matmul.fp32_precision) per process, not per thread, and has
+    no CPU matmul taking bf16 operands to a float32 result, so it is set for as short as this block and
+    restored: the analysis's worker threads share it (the first in sets it, the last out puts back the value
+    found on entry, unless something else changed it meanwhile, whose value is then kept). While inside, other
+    threads' float32 CPU matmuls take the bf16 path too, and the legacy torch.get_float32_matmul_precision()
+    raises (mixed APIs); megarank runs nothing beside an analysis (live analysis runs between training steps)."""
     global _bf16_users, _bf16_saved
     with _bf16_lock:
         if _bf16_users == 0:
@@ -179,7 +185,7 @@ def _exact_bf16_matmul():
     finally:
         with _bf16_lock:
             _bf16_users -= 1
-            if _bf16_users == 0:
+            if _bf16_users == 0 and torch.backends.mkldnn.matmul.fp32_precision == "bf16":
                 torch.backends.mkldnn.matmul.fp32_precision = _bf16_saved
 
 

@@ -36,6 +36,11 @@ def validate(cfg: ExperimentConfig, world_size: int) -> None:
                             "holds whole K/V heads; choose tp dividing n_kv_heads")
     if model.ffn_dim % tp:
         raise MegarankError(f"MLP width {model.ffn_dim} is not divisible by parallel.tp={tp}; set model.d_ff")
+    if cfg.train.compile and model.dropout > 0 and tp > 1:
+        # TP>1 draws attention dropout inside a swap to the TP-local RNG stream (parallel/random.py), whose
+        # get/set_rng_state torch.compile cannot trace (fullgraph: a graph break is an error at the first step)
+        raise MegarankError(f"train.compile=true cannot trace the TP-local dropout stream at parallel.tp={tp} "
+                            f"with model.dropout={model.dropout}; set model.dropout=0 or train.compile=false")
     if model.position == "rotary" and model.d_head % 2:
         raise MegarankError(f"rotary positions need an even head dim, got {model.d_head}; change n_heads")
     # the vocabulary is known once resolve() has read the data (or when the config sets it)

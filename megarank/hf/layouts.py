@@ -1,5 +1,6 @@
 """The map between megarank's GPT and a Hugging Face family: tensor names, layouts and config.json, one table per
-family. Export (megarank -> HF) and import (HF -> megarank, for train.init_from) read the same tables.
+family. Export (megarank -> HF) and import (HF -> megarank, for train.init_from) read the same tables. The
+attention tensors' names come from megarank/hf/names.py ATTENTION, which megarank-rank's reader reads too.
 
 A family is an HFLayout: its global tensor rules, its per-layer rules ('{i}' is the layer), and its config
 translation both ways. A rule names one HF tensor and the megarank tensor(s) it holds:
@@ -40,6 +41,7 @@ import torch
 
 from megarank.config.schema import ModelConfig
 from megarank.errors import MegarankError
+from megarank.hf.names import ATTENTION
 
 BOS_ID, EOS_ID = 1, 2  # megarank/data/tokenizer.py's (not imported: that pulls in sentencepiece)
 
@@ -118,6 +120,9 @@ def _gpt2_model_keys(hf: dict) -> dict:
             "tie_embeddings": bool(hf.get("tie_word_embeddings", True))}
 
 
+_GPT2_ATTN = ATTENTION["gpt2"]
+_GPT2_KIND = "conv1d" if _GPT2_ATTN.conv1d else "copy"  # GPT-2 keeps every Conv1D (attention and MLP) as (in, out)
+
 GPT2 = HFLayout(
     name="gpt2", architecture="GPT2LMHeadModel",
     global_rules=(TensorRule("transformer.wte.weight", ("wte.weight",)),
@@ -127,14 +132,15 @@ GPT2 = HFLayout(
     layer_rules=tuple(
         [TensorRule(f"transformer.h.{{i}}.{hf}.{p}", (f"blocks.{{i}}.{ours}.{p}",)) for hf, ours in
          (("ln_1", "ln_1"), ("ln_2", "ln_2")) for p in ("weight", "bias")]
-        + [TensorRule(f"transformer.h.{{i}}.attn.c_attn.{p}",
-                      tuple(f"blocks.{{i}}.attn.{r}_proj.{p}" for r in "qkv"), "conv1d") for p in ("weight", "bias")]
-        + [TensorRule(f"transformer.h.{{i}}.{hf}.{p}", (f"blocks.{{i}}.{ours}.{p}",), "conv1d")
-           for hf, ours in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.fc_in"), ("mlp.c_proj", "mlp.fc_out"))
-           for p in ("weight", "bias")]),
+        + [TensorRule(_GPT2_ATTN.name("qkv", prefix="transformer.", param=p),
+                      tuple(f"blocks.{{i}}.attn.{r}_proj.{p}" for r in "qkv"), _GPT2_KIND) for p in ("weight", "bias")]
+        + [TensorRule(_GPT2_ATTN.name("o", prefix="transformer.", param=p), (f"blocks.{{i}}.attn.o_proj.{p}",),
+                      _GPT2_KIND) for p in ("weight", "bias")]
+        + [TensorRule(f"transformer.h.{{i}}.{hf}.{p}", (f"blocks.{{i}}.{ours}.{p}",), _GPT2_KIND)
+           for hf, ours in (("mlp.c_fc", "mlp.fc_in"), ("mlp.c_proj", "mlp.fc_out")) for p in ("weight", "bias")]),
     head=TensorRule("lm_head.weight", ("lm_head.weight",)),
     config_to_hf=_gpt2_config, config_from_hf=_gpt2_model_keys,
-    ignored=(r"transformer\.h\.\d+\.attn\.(masked_)?bias",))
+    ignored=(rf"transformer\.{_GPT2_ATTN.layer_regex(capture=False)}(masked_)?bias",))
 
 
 # --- LLaMA family: model.norm=rmsnorm, mlp=swiglu, position=rotary, n_kv_heads, qk_norm -------------------------
@@ -163,10 +169,14 @@ def _llama_model_keys(hf: dict) -> dict:
         raise MegarankError(f"this {hf.get('model_type')} uses sliding-window attention "
                             f"(sliding_window={window}, layer_types {sorted(layer_types)}); megarank's attention is "
                             "full causal")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise MegarankError(f"this {hf.get('model_type')} scales RoPE ('{rope['rope_type']}'); megarank's RoPE is "
-                            "the default one")
+    # transformers 5 writes rope_parameters; older files (Llama 3.1's among them) rope_scaling, whose oldest form
+    # names the scaling 'type': a scaling in either refuses
+    ropes = [r for r in (hf.get("rope_parameters"), hf.get("rope_scaling")) if isinstance(r, dict)]
+    scaled = [kind for kind in (r.get("rope_type", r.get("type")) for r in ropes) if kind not in (None, "default")]
+    if scaled:
+        raise MegarankError(f"this {hf.get('model_type')} scales RoPE ('{scaled[0]}'); megarank's RoPE is the "
+                            "default one")
+    rope = ropes[0] if ropes else {}
     d_model, n_heads = _int(hf, "hidden_size"), _int(hf, "num_attention_heads")
     if hf.get("head_dim") not in (None, d_model // n_heads):
         raise MegarankError(f"this {hf.get('model_type')} has head_dim={hf['head_dim']} != hidden_size / "
@@ -181,10 +191,11 @@ def _llama_model_keys(hf: dict) -> dict:
 
 
 def _llama_layout(name: str, architecture: str, *, qk_norm: bool) -> HFLayout:
-    attn = [TensorRule(f"model.layers.{{i}}.self_attn.{r}_proj.{p}", (f"blocks.{{i}}.attn.{r}_proj.{p}",))
+    names = ATTENTION["llama"]
+    attn = [TensorRule(names.name(r, prefix="model.", param=p), (f"blocks.{{i}}.attn.{r}_proj.{p}",))
             for r in "qkvo" for p in ("weight", "bias")]
-    norms = [TensorRule(f"model.layers.{{i}}.self_attn.{r}_norm.weight", (f"blocks.{{i}}.attn.{r}_norm.weight",))
-             for r in "qk"] if qk_norm else []
+    norms = [TensorRule(names.name(norm, prefix="model."), (f"blocks.{{i}}.attn.{r}_norm.weight",))
+             for r, norm in zip("qk", names.qk_norm)] if qk_norm else []
     mlp = [TensorRule(f"model.layers.{{i}}.mlp.{r}_proj.{p}", (f"blocks.{{i}}.mlp.{r}_proj.{p}",))
            for r in ("gate", "up", "down") for p in ("weight", "bias")]
     return HFLayout(
@@ -196,7 +207,7 @@ def _llama_layout(name: str, architecture: str, *, qk_norm: bool) -> HFLayout:
                      *attn, *norms, *mlp),
         head=TensorRule("lm_head.weight", ("lm_head.weight",)),
         config_to_hf=_llama_config, config_from_hf=_llama_model_keys,
-        ignored=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
+        ignored=(rf"model\.{names.layer_regex(capture=False)}rotary_emb\.inv_freq",))
 
 
 LLAMA = _llama_layout("llama", "LlamaForCausalLM", qk_norm=False)

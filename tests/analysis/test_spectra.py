@@ -4,14 +4,18 @@ its definition on factors whose answer is known in closed form."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from megarank.analysis.readers import AttentionShard, ModelInfo, WeightSource
+from megarank.analysis.report import analyse
 from megarank.analysis.spectra import (DEFAULT_RTOL, MIXED_TOL, Spectra, cholesky_r, head_metrics, layer_spectra,
                                       product_spectra, r_factor)
+from megarank.errors import MegarankError
 
 
 def naive_sv(m: torch.Tensor, k: int) -> torch.Tensor:
@@ -276,6 +280,67 @@ def test_mixed_precision_leaves_the_matmul_setting_as_it_was():
     before = torch.backends.mkldnn.matmul.fp32_precision
     layer_spectra(q, k, v, o, 16)
     assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def matmul_settings() -> dict:
+    """Every float32-precision setting torch has (process-wide), and what the legacy getter answers."""
+    b = torch.backends
+    settings = {name: backend.fp32_precision for name, backend in (
+        ("generic", b), ("cuda.matmul", b.cuda.matmul), ("cudnn.conv", b.cudnn.conv), ("cudnn.rnn", b.cudnn.rnn),
+        ("mkldnn", b.mkldnn), ("mkldnn.matmul", b.mkldnn.matmul), ("mkldnn.conv", b.mkldnn.conv),
+        ("mkldnn.rnn", b.mkldnn.rnn))}
+    try:
+        settings["legacy"] = torch.get_float32_matmul_precision()
+    except RuntimeError:  # torch refuses to answer once the new and legacy APIs disagree
+        settings["legacy"] = "raises"
+    return settings
+
+
+@pytest.fixture
+def restored_matmul_settings():
+    """Whatever a test sets, the next test finds torch's float32 matmul settings as they were."""
+    saved = matmul_settings()
+    yield
+    torch.set_float32_matmul_precision(saved.pop("legacy"))
+    b = torch.backends
+    for name, value in saved.items():
+        backend = b if name == "generic" else getattr(b, name.split(".")[0])
+        backend = getattr(backend, name.split(".")[1]) if "." in name else backend
+        backend.fp32_precision = value
+
+
+class _BF16Layers(WeightSource):
+    """Three layers of random bf16 attention weights, in memory (the reader's interface, no files)."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.fail_at = fail_at
+        self.info = ModelInfo(family="test", n_layers=3, n_heads=2, n_kv_heads=1, d_model=1024, d_head=64,
+                              source="memory", format="test")
+
+    def layers(self):
+        for layer in range(self.info.n_layers):
+            q, k, v, o = (bf16_heads(1024, n, 64, seed=10 * layer + i) for i, n in enumerate((2, 1, 1, 2)))
+            o = o.T.contiguous()
+            shard = AttentionShard(layer=layer, first_head=0, q=q, k=k, v=v, o=o)
+            yield [shard if layer != self.fail_at else dataclasses.replace(shard, k=k[:1])]
+
+
+@pytest.mark.parametrize("setting", ["untouched", "tf32", "legacy-high"])
+def test_an_analysis_leaves_every_matmul_setting_as_it_found_it(setting, restored_matmul_settings):
+    """analyse() on bf16 weights (the mixed path, which sets oneDNN's float32 matmuls to bf16 while its worker
+    threads form Grams) finds torch's settings untouched, set through the new API or through the legacy one, and
+    leaves every one as it found it, also when a layer fails half-way."""
+    if setting == "tf32":
+        torch.backends.mkldnn.matmul.fp32_precision = "tf32"
+    elif setting == "legacy-high":
+        torch.set_float32_matmul_precision("high")
+    before = matmul_settings()
+    table = analyse(_BF16Layers(), rtol=DEFAULT_RTOL, atol=0.0, workers=2, progress=False)
+    assert table.settings["float64_gram_products"] == 0  # every head went through the bf16 Grams
+    assert matmul_settings() == before
+    with pytest.raises(MegarankError, match="layer 1"):
+        analyse(_BF16Layers(fail_at=1), rtol=DEFAULT_RTOL, atol=0.0, workers=2, progress=False)
+    assert matmul_settings() == before
 
 
 def test_cheap_condition_bound_agrees_with_the_gram_eigenvalues():

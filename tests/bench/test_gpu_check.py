@@ -1,14 +1,18 @@
 """`make gpu-check` on a machine without a GPU, and its report writer: the refusal is one line and exit 2, and
 report.md is written from a report.json recorded on an H100 (tests/bench/data/) with every stage, figure and
-version it holds, and the verdict the JSON records (PASSED, FAILED, or INCOMPLETE when cut short)."""
+version it holds, and the verdict the JSON records (PASSED, FAILED, or INCOMPLETE when cut short); the one "loss
+fell" check of the train and train_llama stages against losses made up to pass and to fail it."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from megarank.bench.gpu_report import render_markdown, write_report
 from tests.helpers import REPO, clean_env
@@ -65,3 +69,19 @@ def test_a_failed_or_cut_short_check_says_so(tmp_path):
     partial["stages"] = {name: partial["stages"][name] for name in ("train", "rank")}
     text = render_markdown(partial)
     assert text.startswith("# make gpu-check: PASSED") and "left out: bench, eval" in text
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools/gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loss_fell_compares_the_last_ten_with_the_first_five():
+    gpu_check = _gpu_check()
+    falling = {step: 10.0 if step <= 5 else 6.0 for step in range(1, 21)}  # 6 < 0.7 · 10
+    assert gpu_check.loss_fell(falling, "the loss") == (10.0, 6.0)
+    flat = {step: 10.0 if step <= 5 else 7.5 for step in range(1, 21)}  # 7.5 > 0.7 · 10
+    with pytest.raises(RuntimeError, match="the LLaMA loss did not fall: first five steps 10.000, last ten 7.500"):
+        gpu_check.loss_fell(flat, "the LLaMA loss")

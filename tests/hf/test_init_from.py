@@ -3,6 +3,10 @@
 - from a Hugging Face GPT-2 directory this test saves (`transformers`, non-zero biases, exact GELU): the first
   step's logged loss equals `transformers`' loss of that model on the same global batch (fp32, 1e-5), in one
   process and at TP=2 × ZeRO-3 over two processes (weights loaded whole, then sliced and partitioned);
+- from a Hugging Face LLaMA directory this test saves (LlamaForCausalLM: GQA with 2 K/V heads for 4 query heads,
+  so TP=2 gives each rank one K/V head; non-zero q/k/v/o and MLP biases and norm gains; untied head): the first
+  step's logged loss equals `transformers`' at TP=2 × ZeRO-3 over two processes (TP=1's logits:
+  tests/hf/test_llama_layouts.py);
 - from a megarank tag (the shared `reference` run's step 4): the first step's loss equals the loss megarank's
   own GPT of that tag (megarank/evaluation/load.py) gives on the new run's first batch — the weights are the
   tag's, the data position is the new run's (0);
@@ -68,6 +72,35 @@ def test_first_loss_from_hf_gpt2_equals_transformers(layout, hf_gpt2, tiny_corpu
     assert train_losses(run_dir)[1] == pytest.approx(expected, rel=0, abs=1e-5)
     saved = (run_dir / "config.yaml").read_text()
     assert "bias: true" in saved and "max_positions: 16" in saved  # the model section came from the source
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory):
+    """A tiny LLaMA with grouped K/V heads, biases and norm gains away from their init, saved by `transformers`."""
+    torch.manual_seed(5)
+    config = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=SEQ, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                p.normal_(mean=0.0 if name.endswith(".bias") else 1.0, std=0.1)
+    out = tmp_path_factory.mktemp("hf") / "llama"
+    model.save_pretrained(out)
+    return out, model
+
+
+def test_first_loss_from_hf_llama_at_tp2_zero3_equals_transformers(hf_llama, tiny_corpus, tmp_path):
+    hf_dir, model = hf_llama
+    run_dir = tmp_path / "run"
+    run_training(run_dir, tiny_corpus, *ONE_STEP, f"train.init_from={hf_dir}", "parallel.tp=2", "zero.stage=3",
+                 nproc=2)
+    expected = mean_loss(lambda x: model(x).logits, first_batch(tiny_corpus))
+    assert train_losses(run_dir)[1] == pytest.approx(expected, rel=0, abs=1e-5)
+    saved = (run_dir / "config.yaml").read_text()
+    assert "n_kv_heads: 2" in saved and "mlp: swiglu" in saved and "bias: true" in saved
 
 
 def test_first_loss_from_a_megarank_tag_is_the_tags_model(reference_run, tiny_corpus, tmp_path):

@@ -137,6 +137,10 @@ def test_hf_llama_family_imports_to_the_same_logits(model_type, tied, tmp_path):
     ({"model_type": "mistral", "sliding_window": 8}, "sliding-window"),
     ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8}, "sliding-window"),
     ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "scales RoPE"),
+    # Llama 3.1's config.json (saved before transformers 5): rope_scaling beside an unscaled rope_parameters
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192}}, r"scales RoPE \('llama3'\)"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 4.0}}, r"scales RoPE \('linear'\)"),
     ({"head_dim": 16}, "head_dim=16"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
 ])

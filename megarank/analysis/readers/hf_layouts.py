@@ -1,9 +1,9 @@
 """Where each Hugging Face family keeps its attention weights, and how its fused tensors split into q, k, v, o.
 
-One row of LAYOUTS per layout: the names of a layer's attention tensors (after any prefix such as 'model.' or
-'transformer.'), which slot each fills, and how the slots become q, k, v, o in nn.Linear layout (q (n_q·d_head,
-d_model), k and v (n_kv·d_head, d_model), o (d_model, n_q·d_head)). Query head h reads K/V head h // (n_q / n_kv)
-in every layout, as transformers' repeat_kv and Falcon's broadcast do.
+One row of LAYOUTS per layout: the names of a layer's attention tensors (megarank/hf/names.py ATTENTION, the
+table the HF converter reads too), which slot each fills, and how the slots become q, k, v, o in nn.Linear
+layout (q (n_q·d_head, d_model), k and v (n_kv·d_head, d_model), o (d_model, n_q·d_head)). Query head h reads
+K/V head h // (n_q / n_kv) in every layout, as transformers' repeat_kv and Falcon's broadcast do.
 
 Slots: q, k, v, o (one projection each) or qkv (q, k and v fused into one tensor) and o. Two fused orders exist:
     blocked   [all q heads; all k heads; all v heads]                   GPT-2 c_attn, Phi-3 qkv_proj
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from megarank.hf.names import ATTENTION, AttentionNames
 
 
 @dataclass(frozen=True)
@@ -88,19 +90,40 @@ class Layout:
     """How one family names and lays out a layer's attention weights."""
 
     name: str  # the style recorded in the summary ('llama', 'gpt2', ...)
-    families: str  # which Hugging Face families store this layout, for messages and docs
-    layer: str  # regex for the part of a name before the tensor, capturing (?P<layer>\d+)
-    tensors: dict[str, tuple[str, ...]]  # slot -> the tensor names (before '.weight') that may fill it
+    names: AttentionNames  # its row of megarank/hf/names.py ATTENTION
     split: Callable[[dict[str, torch.Tensor], Geometry], tuple[torch.Tensor, ...]]  # slots -> (q, k, v, o)
-    conv1d: bool = False  # stored as (in, out): transposed on read
     kv_heads: Callable[[dict, int], int | None] = config_kv_heads  # the config's K/V head count
-    qk_norm: tuple[str, ...] = ()  # per-head norm tensors between W_Q/W_K and the dot product, if present
     pattern: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = "|".join(re.escape(n) for names in self.tensors.values() for n in names)
         object.__setattr__(self, "pattern", re.compile(
             rf"^(?P<prefix>(?:.*\.)?){self.layer}(?P<tensor>{names})\.weight$"))
+
+    @property
+    def families(self) -> str:
+        """Which Hugging Face families store this layout, for messages and docs."""
+        return self.names.families
+
+    @property
+    def layer(self) -> str:
+        """Regex for the part of a name before the tensor, capturing (?P<layer>\\d+)."""
+        return self.names.layer_regex()
+
+    @property
+    def tensors(self) -> dict[str, tuple[str, ...]]:
+        """slot -> the tensor names (before '.weight') that may fill it."""
+        return self.names.modules
+
+    @property
+    def conv1d(self) -> bool:
+        """Stored as (in, out): transposed on read."""
+        return self.names.conv1d
+
+    @property
+    def qk_norm(self) -> tuple[str, ...]:
+        """Per-head norm tensors between W_Q/W_K and the dot product, if present."""
+        return self.names.qk_norm
 
     @property
     def key(self) -> str:
@@ -121,20 +144,13 @@ class Layout:
         return tuple(t.contiguous() for t in self.split(w, g))
 
 
-LAYOUTS = (
-    Layout("llama", "LLaMA, Mistral, Qwen2, Qwen3, Gemma, OPT", r"layers\.(?P<layer>\d+)\.self_attn\.",
-           {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("o_proj", "out_proj")}, separate,
-           qk_norm=("q_norm", "k_norm")),
-    Layout("bert", "BERT, RoBERTa", r"layer\.(?P<layer>\d+)\.attention\.",
-           {"q": ("self.query",), "k": ("self.key",), "v": ("self.value",), "o": ("output.dense",)}, separate),
-    Layout("gpt2", "GPT-2", r"h\.(?P<layer>\d+)\.attn\.", {"qkv": ("c_attn",), "o": ("c_proj",)}, blocked,
-           conv1d=True),
-    Layout("gpt_neox", "GPT-NeoX, Pythia", r"layers\.(?P<layer>\d+)\.attention\.",
-           {"qkv": ("query_key_value",), "o": ("dense",)}, grouped),
-    Layout("falcon", "Falcon", r"h\.(?P<layer>\d+)\.self_attention\.", {"qkv": ("query_key_value",), "o": ("dense",)},
-           grouped, kv_heads=falcon_kv_heads),
-    Layout("phi3", "Phi-3", r"layers\.(?P<layer>\d+)\.self_attn\.", {"qkv": ("qkv_proj",), "o": ("o_proj",)}, blocked),
-)
+SPLITS = {"llama": separate, "bert": separate, "gpt2": blocked, "gpt_neox": grouped, "falcon": grouped,
+          "phi3": blocked}
+"""How each layout's slots become q, k, v, o (module docstring)."""
+KV_HEADS = {"falcon": falcon_kv_heads}
+"""Layouts whose config names its K/V heads otherwise than num_key_value_heads."""
+LAYOUTS = tuple(Layout(name, names, SPLITS[name], KV_HEADS.get(name, config_kv_heads))
+                for name, names in ATTENTION.items())
 
 
 def families() -> str:
