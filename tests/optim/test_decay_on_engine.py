@@ -84,3 +84,36 @@ def test_l2_adds_wd_w_to_the_gradient_adam_sees(initial_model):
         torch.testing.assert_close(stepped[name], p.detach(), rtol=0, atol=1e-6, msg=name)
         if WD[role(name)] > 0:  # the control: without L2 this group ends elsewhere
             assert (stepped[name] - undecayed[name]).abs().max() > 1e-5, name
+
+
+def test_split_products_decay_each_by_its_own_wd(initial_model):
+    """optim.wd_qk != optim.wd_ov: W_Q, W_K shrink by lr·wd_qk·w, W_V, W_O by lr·wd_ov·w, in their own groups."""
+    w0 = {n: p.detach().clone() for n, p in initial_model.named_parameters()}
+    cfg = make_cfg(True, True)
+    cfg.optim.wd_qk, cfg.optim.wd_ov = 0.3, 0.02
+    decayed = engine_steps(cfg, copy.deepcopy(initial_model))
+    plain = engine_steps(make_cfg(True, False), copy.deepcopy(initial_model))
+    wd = {**WD, "qk": 0.3, "ov": 0.02}
+    for name, w in w0.items():
+        group = role_of(name).product or role(name)
+        torch.testing.assert_close(decayed[name], plain[name] - LR * wd[group] * w, rtol=0, atol=1e-7, msg=name)
+
+
+def test_decay_set_on_the_optimizer_groups_is_the_decay_applied(initial_model):
+    """apply_decay on engine.lr_scheduler's optimizer (train/engine.py optimizer_groups) reaches the step: a
+    schedule that switches every group off at step 0 gives the undecayed weights exactly, though the groups
+    were built with wd_attn 0.3 (the decay a loaded checkpoint's state would restore)."""
+    from megarank.optim.decay import apply_decay
+    from megarank.train.engine import optimizer_groups
+
+    cfg = make_cfg(True, True)
+    engine, _ = build_engine(copy.deepcopy(initial_model), cfg, grad_accum=1, device=torch.device("cpu"))
+    assert {g["name"]: g["weight_decay"] for g in optimizer_groups(engine)} == WD
+    cfg.optim.wd_schedule, cfg.optim.wd_final_ratio = "step", 0.0
+    assert apply_decay(optimizer_groups(engine), cfg.optim, 0, 8) == dict.fromkeys(WD, 0.0)
+    x, y = batch()
+    engine.backward(engine(x, y))
+    engine.step()
+    plain = engine_steps(make_cfg(True, False), copy.deepcopy(initial_model))
+    for name, p in engine.module.named_parameters():
+        assert torch.equal(p.detach(), plain[name]), name
