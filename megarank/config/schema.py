@@ -211,7 +211,8 @@ class OptimConfig(Freezable):
     eps: float = 1e-8
     """Adam epsilon."""
     wd_attn: float = 0.1
-    """Weight decay of the attention weights W_Q, W_K, W_V, W_O."""
+    """Weight decay of the attention weights W_Q, W_K, W_V, W_O (of a product whose optim.wd_qk / wd_ov is
+    null)."""
     wd_mlp: float = 0.1
     """Weight decay of the MLP weights fc_in, fc_out."""
     wd_other: float = 0.1
