@@ -34,9 +34,9 @@ def base_decay(group: str, cfg: OptimConfig) -> float:
 
 def schedule_covers(group: str, cfg: OptimConfig) -> bool:
     """Whether optim.wd_schedule scales `group`: named in wd_schedule_groups, a product of a named 'attn', or
-    'attn' itself with both products named."""
+    'attn' itself with both products named. A constant schedule covers nothing (it scales by 1)."""
     named = set(cfg.wd_schedule_groups)
-    if group == "no_decay":
+    if group == "no_decay" or cfg.wd_schedule == "constant":
         return False
     if group in named:
         return True

@@ -62,6 +62,7 @@ def test_products_fall_back_to_wd_attn():
     ({"wd_ov": 0.0, "wd_attn": 0.0}, False),
     ({"wd_schedule": "step", "wd_schedule_groups": ["qk"]}, True),  # the schedule on one product only
     ({"wd_schedule": "step", "wd_schedule_groups": ["qk", "ov"]}, False),
+    ({"wd_schedule_groups": ["qk"]}, False),  # a constant schedule scales nothing
 ])
 def test_attn_splits_only_when_the_products_decay_differently(changes, split):
     cfg = OptimConfig(**changes)
