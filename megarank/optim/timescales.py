@@ -9,6 +9,7 @@ what a run's weight decay amounts to, comparable across learning rates, schedule
     tau_epochs tau / steps per epoch (the training data's samples / train.global_batch), when the data size is
               known (the run's metrics.jsonl records it at step 0: 'steps_per_epoch'; None otherwise)
 
+Under optim.decoupled=false (Adam + L2) the decay passes through Adam's normalisation, so these are nominal.
 lr(t) is optim/schedule.py's warm-up + cosine and λ(t) optim/decay.py's schedule, both read from the config
 alone: the one place these are computed, for the sweep's gather and the experiment reports.
 """
