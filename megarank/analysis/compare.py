@@ -8,7 +8,10 @@
 The step of a megarank checkpoint is the one it records; a Hugging Face directory records none, so its step is
 the number ending its name (STEP_NAME: step1000, checkpoint-1000, global_step1000, iter_0001000, or Pythia's
 revision names saved as e.g. pythia-70m-step143000), and its line in the step plot is its parent directory.
-Each written whole or not at all (megarank/files.py), compare.json last.
+The decay columns are the decay in effect at each checkpoint (the marker's record of its last step's decay,
+megarank/ckpt/marker.py; the configured one for older markers): wd_qk and wd_ov of W_Q, W_K and W_V, W_O, and
+wd_attn their common value (blank when they differ). Each written whole or not at all (megarank/files.py),
+compare.json last.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from megarank.analysis.spectra import METRICS, PRODUCTS
 from megarank.errors import MegarankError
 from megarank.files import atomic_write_text
 
-COMPARE_COLUMNS = ("source", "label", "family", "step", "wd_attn", "wd_mlp", "product", *METRICS)
+COMPARE_COLUMNS = ("source", "label", "family", "step", "wd_attn", "wd_qk", "wd_ov", "wd_mlp", "product", *METRICS)
 X_CHOICES = ("auto", "wd_attn", "step", "index")
 STEP_NAME = re.compile(r"(?:^|[^a-z0-9])(?:global_step|step|checkpoint|iter)[-_]?(?P<step>\d+)$", re.IGNORECASE)
 STEP_HELP = ("a megarank checkpoint's recorded step; for a Hugging Face directory the number ending its name: "
@@ -93,6 +96,7 @@ def compare_rows(tables: list[RankTable]) -> list[dict]:
         for product in PRODUCTS:
             rows.append({"source": table.info.source, "label": label(table), "family": table.info.family,
                          "step": x_value(table, "step"), "wd_attn": details.get("wd_attn"),
+                         "wd_qk": details.get("wd_qk"), "wd_ov": details.get("wd_ov"),
                          "wd_mlp": details.get("wd_mlp"), "product": product, **means[product]})
     return rows
 

@@ -14,6 +14,10 @@ Its fields (JSON):
                 megarank/models/roles.py at save time: the offline tools read a checkpoint by these records,
                 without the model or megarank.parallel. Markers written before it fall back to
                 roles.role_of(name) (the shape is then unknown)
+    decay_groups the optimizer's param groups in order (optim/groups.py group_layout: 'attn' or 'qk', 'ov');
+                absent in older markers, whose groups are their config's layout
+    decay       {group: weight decay} in effect at the checkpoint: what its last optimizer step applied
+                (optim/decay.py); absent in older markers, whose decay is their configured one
 
 Marker.read is the one reader: training, resume checks, megarank-rank, megarank-eval and megarank-ckpt all go
 through it, and a bad file is one MarkerError line. Importing this module pulls in neither torch nor DeepSpeed.
@@ -76,6 +80,9 @@ class Marker:
     data: dict = field(default_factory=dict)
     files: dict | None = None
     tensors: dict[str, TensorRecord] | None = None
+    decay_groups: tuple[str, ...] | None = None
+    decay_in_effect: dict[str, float] | None = None
+    """The marker's 'decay' field."""
     where: Path | None = field(default=None, compare=False, repr=False)
     """The marker file it was read from (for messages); None for one built in memory."""
 
@@ -110,15 +117,26 @@ class Marker:
         data = document.get("data") or {}
         if not isinstance(data, dict):
             raise MarkerError(where, "has a malformed 'data' record")
+        groups, decay = document.get("decay_groups"), document.get("decay")
+        try:
+            groups = None if groups is None else tuple(str(g) for g in groups)
+            decay = None if decay is None else {str(g): float(wd) for g, wd in decay.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise MarkerError(where, "has a malformed 'decay' or 'decay_groups' record") from None
         return cls(step=step, layout=layout, zero_stage=zero_stage, config=config, time=document.get("time"),
                    data=data, files=_files(document.get("files"), where), tensors=_tensors(document.get("tensors"),
-                                                                                           where), where=where)
+                                                                                           where),
+                   decay_groups=groups, decay_in_effect=decay, where=where)
 
     def to_json(self) -> dict:
         document = {"step": self.step, "time": self.time, "layout": dataclasses.asdict(self.layout),
                     "zero_stage": self.zero_stage, "config": self.config, "data": self.data}
         if self.files is not None:
             document["files"] = self.files
+        if self.decay_groups is not None:
+            document["decay_groups"] = list(self.decay_groups)
+        if self.decay_in_effect is not None:
+            document["decay"] = self.decay_in_effect
         if self.tensors is not None:
             document["tensors"] = {name: {**dataclasses.asdict(record), "shape": list(record.shape)}
                                    for name, record in self.tensors.items()}
@@ -188,10 +206,31 @@ class Marker:
 
     @property
     def decay(self) -> dict:
-        """{'wd_attn', 'wd_mlp', 'wd_other', 'decoupled'} as the run trained them (None where not recorded): the
-        paper's λ, labels of the rank tools' tables."""
+        """{'wd_attn', 'wd_qk', 'wd_ov', 'wd_mlp', 'wd_other', 'decoupled'}: the decay in effect at this
+        checkpoint (the 'decay' record; a marker without one gives its configured decay), None where not
+        recorded; wd_attn is None when W_Q, W_K and W_V, W_O decay differently. The paper's λ, labels of the rank
+        tools' tables."""
         optim = self.section("optim")
-        return {key: optim.get(key) for key in ("wd_attn", "wd_mlp", "wd_other", "decoupled")}
+        if self.decay_in_effect is None:
+            attn = optim.get("wd_attn")
+            qk, ov = (attn if optim.get(k) is None else optim.get(k) for k in ("wd_qk", "wd_ov"))
+            mlp, other = optim.get("wd_mlp"), optim.get("wd_other")
+        else:
+            attn = self.decay_in_effect.get("attn")
+            qk, ov = (self.decay_in_effect.get(k, attn) for k in ("qk", "ov"))
+            mlp, other = self.decay_in_effect.get("mlp"), self.decay_in_effect.get("other")
+        return {"wd_attn": qk if qk == ov else None, "wd_qk": qk, "wd_ov": ov, "wd_mlp": mlp, "wd_other": other,
+                "decoupled": optim.get("decoupled")}
+
+    @property
+    def group_layout(self) -> tuple[str, ...]:
+        """The optimizer's group names the checkpoint was saved with: recorded, or for an older marker its
+        config's layout (optim/groups.py; torch-importing)."""
+        if self.decay_groups is not None:
+            return self.decay_groups
+        from megarank.optim.groups import group_layout
+
+        return group_layout(self.optim_config())
 
     @property
     def precision(self) -> str | None:

@@ -9,10 +9,17 @@ size (validate.py) and freezes the result (frozen.py): from there on nothing cha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from megarank.config.frozen import Freezable
 from megarank.errors import MegarankError
+
+
+WD_SCHEDULES = ("constant", "step", "linear", "cosine")
+"""optim.wd_schedule's kinds (megarank/optim/decay.py computes them)."""
+WD_SCHEDULE_GROUPS = ("attn", "qk", "ov", "mlp", "other")
+"""What optim.wd_schedule_groups may name: the decayed groups of megarank/models/roles.py and the attention
+products."""
 
 
 def _require(condition: bool, message: str) -> None:
@@ -204,11 +211,33 @@ class OptimConfig(Freezable):
     eps: float = 1e-8
     """Adam epsilon."""
     wd_attn: float = 0.1
-    """Weight decay of the attention weights W_Q, W_K, W_V, W_O."""
+    """Weight decay of the attention weights W_Q, W_K, W_V, W_O (of a product whose optim.wd_qk / wd_ov is
+    null)."""
     wd_mlp: float = 0.1
     """Weight decay of the MLP weights fc_in, fc_out."""
     wd_other: float = 0.1
     """Weight decay of the token/position embeddings and the LM head."""
+    wd_qk: Optional[float] = None
+    """Weight decay of W_Q and W_K (the product W_Qᵀ W_K); None means optim.wd_attn. When it differs from the
+    decay of W_V, W_O (optim.wd_ov), or the decay schedule covers one of the two only, the attn group splits
+    into a qk and an ov group (a checkpoint with one attn group then resumes only through train.init_from)."""
+    wd_ov: Optional[float] = None
+    """Weight decay of W_V and W_O (the product W_O W_V); None means optim.wd_attn. See optim.wd_qk."""
+    wd_schedule: str = "constant"
+    """The decay strength over training, as a multiplier of each covered group's decay: 'constant' (1);
+    'step' (1 for the first wd_schedule_start optimizer steps, wd_final_ratio from then on: 0 switches the
+    decay off at that step); 'linear' or 'cosine' (1 until wd_schedule_start, then linearly or along a half
+    cosine to wd_final_ratio at wd_schedule_end, held after it)."""
+    wd_schedule_start: int = 0
+    """Optimizer steps taken before the schedule's change begins (0-based: 4 changes the 5th step on)."""
+    wd_schedule_end: Optional[int] = None
+    """'linear' and 'cosine': the step at which the multiplier reaches wd_final_ratio; None means
+    train.max_steps. Unused by 'constant' and 'step'."""
+    wd_final_ratio: float = 0.0
+    """The multiplier the schedule ends at ('step': the one it switches to)."""
+    wd_schedule_groups: List[str] = field(default_factory=lambda: ["attn", "mlp", "other"])
+    """The decay groups the schedule applies to (any of attn, qk, ov, mlp, other; attn covers qk and ov); the
+    others keep their decay constant. E.g. [attn] switches attention's decay off alone."""
     decoupled: bool = True
     """True: AdamW, decay applied to the weights (w -= lr * wd * w). False: Adam with L2 added to the gradient
     (g += wd * w) per group."""
@@ -219,8 +248,18 @@ class OptimConfig(Freezable):
     (DeepSpeed's FusedAdam CUDA op, JIT-built on first use) or 'auto' (fused on GPU, torch on CPU)."""
 
     def __post_init__(self) -> None:
-        for name in ("wd_attn", "wd_mlp", "wd_other"):
-            _require(getattr(self, name) >= 0, f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("wd_attn", "wd_mlp", "wd_other", "wd_qk", "wd_ov"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"optim.{name} must be >= 0, got {value}")
+        _require(self.wd_schedule in WD_SCHEDULES,
+                 f"optim.wd_schedule must be one of {'|'.join(WD_SCHEDULES)}, got '{self.wd_schedule}'")
+        _require(self.wd_schedule_start >= 0, f"optim.wd_schedule_start must be >= 0, got {self.wd_schedule_start}")
+        _require(self.wd_schedule_end is None or self.wd_schedule_end > self.wd_schedule_start,
+                 f"optim.wd_schedule_end ({self.wd_schedule_end}) must come after optim.wd_schedule_start "
+                 f"({self.wd_schedule_start}); or null for train.max_steps")
+        _require(self.wd_final_ratio >= 0, f"optim.wd_final_ratio must be >= 0, got {self.wd_final_ratio}")
+        unknown = [g for g in self.wd_schedule_groups if g not in WD_SCHEDULE_GROUPS]
+        _require(not unknown, f"optim.wd_schedule_groups: {unknown} not among {list(WD_SCHEDULE_GROUPS)}")
         _require(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")

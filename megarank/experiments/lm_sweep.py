@@ -21,7 +21,7 @@ import numpy as np
 from megarank.analysis.plots import COLORS, LABELS
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
-from megarank.experiments.report import Check, Figure, Result, Table
+from megarank.experiments.report import Check, Figure, Result, Table, timescale_table
 from megarank.experiments.sweeps import (CellResult, by_setting, fmt_mean_std, mean_std, missing_markdown, monotone,
                                          setting_keys, train_and_analyse)
 from megarank.sweep import GridConfig
@@ -109,7 +109,8 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                for r in results]
     tables = [Table("cells", columns, [{k: c[k] if k != "seeds" else len(c[k]) for k in columns} for c in cells],
                     "Every setting: means (and stds) over seeds", in_report=False),
-              Table("runs", tuple(per_run[0]), per_run, "Every run", in_report=False)]
+              Table("runs", tuple(per_run[0]), per_run, "Every run", in_report=False),
+              timescale_table([r.record for r in results], list(cfg.grid.axes))]
     markdown = _table1(cells, wd_attn, wd_mlp, ppl_key) + "\n\n" + _rank_table(cells, wd_attn, wd_mlp, d_head)
     if missing:
         markdown += "\n\n" + missing_markdown(missing)

@@ -95,6 +95,21 @@ def markdown_table(columns: tuple[str, ...] | list[str], rows: list[dict]) -> st
     return "\n".join(lines)
 
 
+def timescale_table(records: list[dict], keys: list[str] | tuple[str, ...] = ()) -> Table:
+    """The decay's timescales per cell and optimizer group (megarank/optim/timescales.py), read off the sweep's
+    gathered records (megarank/sweep/gather.py: 'sum_lr_wd/<group>', 'tau_steps/<group>', 'tau_epochs/<group>'):
+    one row per cell and group, the cell's values of `keys` (its axes) first. A blank τ is infinite (no decay)
+    or, in epochs, a run that did not record its data size."""
+    rows = []
+    for record in records:
+        for group in dict.fromkeys(k.split("/", 1)[1] for k in record if k.startswith("sum_lr_wd/")):
+            rows.append({**{k: record.get(k) for k in keys}, "cell": record.get("cell"), "group": group,
+                         "sum_lr_wd": record[f"sum_lr_wd/{group}"], "tau_steps": record.get(f"tau_steps/{group}"),
+                         "tau_epochs": record.get(f"tau_epochs/{group}")})
+    return Table("timescales", (*keys, "cell", "group", "sum_lr_wd", "tau_steps", "tau_epochs"), rows,
+                 "Decay per cell and group: Σ lr·λ over the run, τ = 1/(lr_peak·λ) in steps and epochs")
+
+
 def write_result(result: Result, out_dir: Path, config, seconds: float) -> Path:
     """Write every file of `result` into out_dir; returns summary.json's path (written last)."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 from megarank.analysis.plots import LABELS
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
-from megarank.experiments.report import Check, Figure, Result, Table
+from megarank.experiments.report import Check, Figure, Result, Table, timescale_table
 from megarank.experiments.sweeps import (by_setting, mean_std, missing_markdown, monotone, setting_keys,
                                          train_and_analyse)
 from megarank.sweep import GridConfig
@@ -83,7 +83,8 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                   summary={"rows": rows, "missing": missing, "d_head": d_head}, figures=figures,
                   markdown=missing_markdown(missing),
                   tables=[Table("rows", columns, [{k: r[k] for k in columns} for r in rows],
-                                "Mean over seeds per wd_attn")])
+                                "Mean over seeds per wd_attn"),
+                          timescale_table([r.record for r in results], list(cfg.grid.axes))])
 
 
 def _figure(rows: list[dict], d_head: int):

@@ -1,7 +1,9 @@
 """The one table of parameter roles: what each parameter of megarank's models is, by name.
 
 Every component that must know a parameter reads it here, never from the name itself:
-    decay group   optim/groups.py builds the optimizer's groups from it (the paper's knob: attn vs mlp)
+    decay group   optim/groups.py builds the optimizer's groups from it (the paper's knob: attn vs mlp); the
+                  attention weights also name their product (q, k -> 'qk'; v, o -> 'ov'), by which the attn
+                  group splits into a qk and an ov group when optim.wd_qk and optim.wd_ov differ
     TP style      parallel/tensor_parallel.py shards by it; train/grad_norm.py and train/weight_norms.py count
                   a parameter once or per TP rank by it; checkpoints record it for the offline tools
     init          the models' reset_parameters initialise by it (init_by_role)
@@ -31,7 +33,9 @@ from torch import nn
 from megarank.errors import MegarankError
 
 DECAY_GROUPS = ("no_decay", "attn", "mlp", "other")
-"""The optimizer's groups, in order. Each decayed group's strength is OptimConfig.wd_<group>."""
+"""The roles' decay groups, in order. Each decayed group's strength is OptimConfig.wd_<group>."""
+PRODUCTS = ("qk", "ov")
+"""The attention products W_Qᵀ W_K and W_O W_V: the halves the attn group splits into (optim/groups.py)."""
 TP_STYLES = ("column", "row", "vocab", "replicated")
 INITS = ("normal", "residual", "zeros", "ones")
 """normal: N(0, init_std); residual: N(0, init_std / sqrt(2 n_layers)) for the projections that write into
@@ -48,6 +52,9 @@ class Role:
     decay_group: str
     tp_style: str
     init: str
+    product: str | None = None
+    """The attention weights' product, 'qk' (q, k) or 'ov' (v, o): their decay group when the attn group is
+    split (optim.wd_qk / optim.wd_ov); None for every other parameter."""
 
 
 @dataclass(frozen=True)
@@ -57,20 +64,22 @@ class RoleRow:
     role: Role
 
 
-def _row(pattern: str, name: str, decay_group: str, tp_style: str, init: str) -> RoleRow:
+def _row(pattern: str, name: str, decay_group: str, tp_style: str, init: str, product: str | None = None) -> RoleRow:
     for value, allowed in ((decay_group, DECAY_GROUPS), (tp_style, TP_STYLES), (init, INITS)):
         if value not in allowed:  # a mistyped row fails at import, not as a silently replicated/undecayed tensor
             raise ValueError(f"roles.py row '{pattern}': '{value}' is not one of {allowed}")
-    return RoleRow(pattern, Role(name, decay_group, tp_style, init))
+    if (decay_group == "attn") != (product in PRODUCTS):  # an attn weight must say which half it splits into
+        raise ValueError(f"roles.py row '{pattern}': decay group 'attn' needs a product {PRODUCTS}, and only it")
+    return RoleRow(pattern, Role(name, decay_group, tp_style, init, product))
 
 
 _BLOCK = r"(?:.*\.)?blocks\.\d+\."
 ROLE_TABLE: tuple[RoleRow, ...] = (
     # attention: separate projections so that each head's factors can be read off (models/attention.py)
-    _row(_BLOCK + r"attn\.q_proj\.weight", "q", "attn", "column", "normal"),
-    _row(_BLOCK + r"attn\.k_proj\.weight", "k", "attn", "column", "normal"),
-    _row(_BLOCK + r"attn\.v_proj\.weight", "v", "attn", "column", "normal"),
-    _row(_BLOCK + r"attn\.o_proj\.weight", "o", "attn", "row", "residual"),
+    _row(_BLOCK + r"attn\.q_proj\.weight", "q", "attn", "column", "normal", "qk"),
+    _row(_BLOCK + r"attn\.k_proj\.weight", "k", "attn", "column", "normal", "qk"),
+    _row(_BLOCK + r"attn\.v_proj\.weight", "v", "attn", "column", "normal", "ov"),
+    _row(_BLOCK + r"attn\.o_proj\.weight", "o", "attn", "row", "residual", "ov"),
     _row(_BLOCK + r"attn\.(q|k|v)_proj\.bias", "bias", "no_decay", "column", "zeros"),
     _row(_BLOCK + r"attn\.o_proj\.bias", "bias", "no_decay", "replicated", "zeros"),
     # per-head q/k norms (model.qk_norm): one d_head gain shared by all heads, whole on every TP rank

@@ -3,7 +3,10 @@
 A record holds the cell's axis values (under their full keys, e.g. 'optim.wd_attn'), 'cell', 'run_dir',
 'state' (finished | partial), 'step' (last training record), and the last logged value of each metric in
 METRICS (None when the run never logged it), read from <run_dir>/metrics.jsonl; a torn final line (a run
-killed mid-write) is skipped. write_gather turns that into gather.csv, gather.json (with the missing cells)
+killed mid-write) is skipped. Each record also carries the cell's decay timescales per optimizer group
+(megarank/optim/timescales.py, from the cell's config.yaml and the data size its metrics.jsonl records):
+'sum_lr_wd/<group>' (Σ lr·λ over the run), 'tau_steps/<group>' and 'tau_epochs/<group>' (1/(lr_peak·λ); None
+where infinite, tau_epochs None for a run that did not record its data size). write_gather turns that into gather.csv, gather.json (with the missing cells)
 and gather.png: the final metric against the first axis, one line per combination of the other axes.
 """
 
@@ -13,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megarank.errors import MegarankError
 from megarank.files import atomic_write_json
 from megarank.sweep.cells import MISSING, PARTIAL, Cell, expand
 from megarank.sweep.grid import GridConfig
@@ -24,6 +28,7 @@ METRICS = ("loss", "val_loss", "val_ppl", "val_acc", "rank/qk_mean", "rank/ov_me
 # Plotted against the first axis: the first of these any record has, then the ranks.
 _PRIMARY = ("val_loss", "val_acc", "loss")
 _PLOTTED_RANKS = ("rank/qk_mean", "rank/ov_mean")
+TIMESCALE_PREFIXES = ("sum_lr_wd/", "tau_steps/", "tau_epochs/")
 
 
 @dataclass
@@ -39,9 +44,10 @@ class Gathered:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """CSV columns: axes, cell, run_dir, state, step, then the metrics some record has."""
+        """CSV columns: axes, cell, run_dir, state, step, the metrics some record has, then the timescales."""
         logged = [m for m in METRICS if any(r[m] is not None for r in self.records)]
-        return (*self.axes, "cell", "run_dir", "state", "step", *logged)
+        timescales = dict.fromkeys(k for r in self.records for k in r if k.startswith(TIMESCALE_PREFIXES))
+        return (*self.axes, "cell", "run_dir", "state", "step", *logged, *timescales)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -64,7 +70,20 @@ def cell_record(cell: Cell, state: str) -> dict:
               "step": training[-1]["step"] if training else None}
     for metric in METRICS:
         record[metric] = next((r[metric] for r in reversed(logged) if metric in r), None)
-    return record
+    return record | cell_timescales(cell.run_dir, logged)
+
+
+def cell_timescales(run_dir: Path, logged: list[dict]) -> dict:
+    """The run's timescale columns (see the module docstring); {} for a run without a readable config.yaml."""
+    from megarank.config import load_config
+    from megarank.optim.timescales import decay_timescales, timescale_columns
+
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+    except (OSError, MegarankError):
+        return {}
+    steps_per_epoch = next((r["steps_per_epoch"] for r in logged if "steps_per_epoch" in r), None)
+    return timescale_columns(decay_timescales(cfg.optim, cfg.train.max_steps, steps_per_epoch))
 
 
 def gather_grid(grid: GridConfig) -> Gathered:

@@ -2,7 +2,8 @@
 
 DeepSpeed owns the optimizer (AdamW, or Adam + L2 when optim.decoupled is false), ZeRO sharding, gradient
 accumulation, clipping, bf16 and the checkpoint format. We hand it the role-based param groups (each with its
-own weight_decay) and the LR schedule.
+own weight_decay, which the train loop sets every step from the decay schedule, optim/decay.py) and the LR
+schedule.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, de
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     arch_list_deepspeed_can_parse()
     groups = build_param_groups(model, cfg.optim)
-    description = describe_groups(groups)
+    description = describe_groups(groups, cfg.optim)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
@@ -90,3 +91,10 @@ def build_engine(model: nn.Module, cfg: ExperimentConfig, *, grad_accum: int, de
         mpu=mpu,
     )
     return engine, description
+
+
+def optimizer_groups(engine) -> list[dict]:
+    """The param groups of the optimizer DeepSpeed steps, each with its 'name', 'lr' and 'weight_decay': the
+    ones the LR scheduler sets (DeepSpeed builds it on its basic optimizer, which ZeRO 1-3 and the bf16 wrapper
+    step with each group's hyper-parameters beside the flat partitions)."""
+    return engine.lr_scheduler.optimizer.param_groups

@@ -8,6 +8,11 @@ resolve the config against it, freeze it and validate it at this world size -> r
 compile) -> DeepSpeed engine -> resume. Everything that can reject the user's input runs before the run
 directory is touched, and on every rank at once (train/failures.py).
 
+Weight decay: before every optimizer step each group's decay is set from the decay schedule (optim/decay.py),
+logged as wd/<group> in the step's record and recorded in each checkpoint's marker as the decay in effect. A
+resume applies this run's decay from its step on; where it differs from what the checkpoint's config would have
+applied, a warning and a 'decay_changed' record in metrics.jsonl say so.
+
 The data position is the number of samples consumed (saved in the checkpoint), not step × global_batch, so a
 resume with another train.global_batch continues exactly where the data stopped.
 """
@@ -24,10 +29,13 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
+from megarank.ckpt.marker import Marker
 from megarank.config import (ExperimentConfig, data_parallel_size, frozen, gradient_accumulation_steps, resolve,
                              to_yaml, validate)
 from megarank.data.training_data import open_training_data
 from megarank.hf.init_from import InitSource
+from megarank.optim.decay import apply_decay, decay_at
+from megarank.optim.groups import group_layout
 from megarank.optim.schedule import follow_configured_peak
 from megarank.parallel.layout import DeepSpeedMPU, ParallelLayout, build_layout
 from megarank.parallel.parallelize import parallelize
@@ -35,7 +43,7 @@ from megarank.parallel.random import TPRandomState
 from megarank.train import checkpoint
 from megarank.train.distributed import World, init_distributed
 from megarank.train.divergence import LossSpikeDetector, divergence_error
-from megarank.train.engine import build_engine, deepspeed_config
+from megarank.train.engine import build_engine, deepspeed_config, optimizer_groups
 from megarank.train.failures import setup_checked_on_every_rank
 from megarank.train.grad_norm import engine_reports_grad_norm, gradient_norm
 from megarank.train.metrics import MetricsLogger
@@ -71,7 +79,11 @@ class Run:
     consumed_samples: int
     """Sampler positions consumed before this attempt."""
     meta: dict
-    """What every checkpoint's completion marker records besides the step: layout, config, data identity."""
+    """What every checkpoint's completion marker records besides the step and the decay in effect: layout,
+    config, data identity, the decay groups."""
+    decay_changed: dict[str, tuple[float, float]]
+    """{group: (the decay the checkpoint's config gives at the resume step, this run's)} where they differ; {}
+    for a fresh run."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class StepResult:
     grad_norm: float
     lr: float
     """The rate this step used."""
+    decay: dict[str, float]
+    """{group: the weight decay this step used}."""
     seconds: float
     diverged: bool
     stop: bool
@@ -94,6 +108,13 @@ def train(cfg: ExperimentConfig) -> dict:
     step, consumed_samples = run.step, run.consumed_samples
     last_saved = step if run.resumed_from is not None else None
     metrics = MetricsLogger(Path(cfg.train.run_dir), enabled=world.is_main, start_step=step)
+    if step == 0:  # the run's data size, for the decay timescales in epochs (optim/timescales.py)
+        metrics.log({"step": 0, "train_samples": task.sampler.num_sequences,
+                     "steps_per_epoch": task.sampler.num_sequences / cfg.train.global_batch})
+    if run.decay_changed:
+        metrics.log({"step": step, "event": "decay_changed",
+                     **{f"wd_before/{g}": before for g, (before, _) in run.decay_changed.items()},
+                     **{f"wd_after/{g}": after for g, (_, after) in run.decay_changed.items()}})
     preemption = PreemptionHandler()
     spikes = LossSpikeDetector(cfg.train.spike_factor, cfg.train.spike_window)
     client_extra = checkpoint.universal_checkpoint_info(run.engine.module, cfg.model.vocab_size)
@@ -103,7 +124,7 @@ def train(cfg: ExperimentConfig) -> dict:
     batches = task.train_batches(consumed_samples)
     try:
         while step < cfg.train.max_steps:
-            result = train_step(run, batches, preemption)
+            result = train_step(run, batches, preemption, step)
             step += 1
             consumed_samples += cfg.train.global_batch
             final = step == cfg.train.max_steps
@@ -134,7 +155,8 @@ def train(cfg: ExperimentConfig) -> dict:
             if (periodic or result.stop or final) and last_saved != step:
                 client = {"megarank": {"step": step, "sampler": task.sampler.state_dict(consumed_samples)},
                           **client_extra}
-                checkpoint.save_checkpoint(run.engine, Path(cfg.checkpoint.dir), step, client, run.meta, run.tp_rng,
+                meta = {**run.meta, "decay": result.decay}  # the decay in effect: the last step's
+                checkpoint.save_checkpoint(run.engine, Path(cfg.checkpoint.dir), step, client, meta, run.tp_rng,
                                            retention=cfg.checkpoint)
                 last_saved = step
             if result.stop:
@@ -181,12 +203,13 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
     engine, group_table = build_engine(model, cfg, grad_accum=grad_accum, device=world.device,
                                        mpu=DeepSpeedMPU(layout), load_universal=universal)
 
-    step, consumed_samples = 0, 0
+    step, consumed_samples, decay_changed = 0, 0, {}
     if resume_from is not None:
         state = checkpoint.load_checkpoint(engine, resume_from, tp_rng, universal=universal)
         step = state["step"]
         consumed_samples = task.sampler.check_state(state["sampler"])
         follow_configured_peak(engine.lr_scheduler, cfg.optim)  # a lowered optim.lr applies from here on
+        decay_changed = _decay_changes(resume_from, cfg, step)  # a changed decay applies from here on too
     if world.is_main:
         _write_run_files(Path(cfg.train.run_dir), cfg, grad_accum, world)
         log.info("data: %s", task.description)
@@ -198,17 +221,36 @@ def setup(cfg: ExperimentConfig, world: World) -> Run:
         if resume_from is not None:
             log.info("resumed from %s at step %d, %d samples consumed%s", resume_from, step, consumed_samples,
                      " (re-sharded through a universal checkpoint)" if universal else "")
+        if decay_changed:
+            log.warning("weight decay changed on resume, from step %d on: %s", step,
+                        ", ".join(f"{g} {before:g} -> {after:g}" for g, (before, after) in decay_changed.items()))
     meta = {"layout": layout.describe(), "zero_stage": cfg.zero.stage, "config": to_yaml(cfg),
-            "data": data.identity}
+            "data": data.identity, "decay_groups": [g["name"] for g in optimizer_groups(engine)]}
     return Run(cfg=cfg, world=world, layout=layout, task=task, engine=engine, tp_rng=tp_rng, grad_accum=grad_accum,
                own_grad_norm=not engine_reports_grad_norm(engine), resumed_from=resume_from, step=step,
-               consumed_samples=consumed_samples, meta=meta)
+               consumed_samples=consumed_samples, meta=meta, decay_changed=decay_changed)
 
 
-def train_step(run: Run, batches: Iterator[Batch], preemption: PreemptionHandler) -> StepResult:
-    """One optimizer step over the global batch, then the step's one all-reduce (train/step_sync.py), after
-    which every rank knows the loss, whether the step diverged and whether any rank was asked to stop."""
+def _decay_changes(tag_dir: Path, cfg: ExperimentConfig, step: int) -> dict[str, tuple[float, float]]:
+    """{group: (before, after)} where this run's decay at `step` differs from what the checkpoint's own config
+    (its optim section and max_steps) gives there. The group layout is the same (train/resume_checks.py)."""
+    marker = Marker.read(tag_dir)
+    saved, saved_steps = marker.optim_config(), int(marker.section("train").get("max_steps", cfg.train.max_steps))
+    changes = {}
+    for group in group_layout(cfg.optim):
+        before = decay_at(group, step, saved, saved_steps)
+        after = decay_at(group, step, cfg.optim, cfg.train.max_steps)
+        if before != after:
+            changes[group] = (before, after)
+    return changes
+
+
+def train_step(run: Run, batches: Iterator[Batch], preemption: PreemptionHandler, step: int) -> StepResult:
+    """One optimizer step over the global batch (`step` optimizer steps already taken), then the step's one
+    all-reduce (train/step_sync.py), after which every rank knows the loss, whether the step diverged and
+    whether any rank was asked to stop."""
     engine, start = run.engine, time.perf_counter()
+    decay = apply_decay(optimizer_groups(engine), run.cfg.optim, step, run.cfg.train.max_steps)
     lr = engine.get_lr()[0]  # the rate this step uses; the scheduler advances inside engine.step()
     loss_sum = torch.zeros((), device=run.world.device)
     for micro_step in range(run.grad_accum):
@@ -223,8 +265,8 @@ def train_step(run: Run, batches: Iterator[Batch], preemption: PreemptionHandler
         grad_norm = _as_float(engine.get_global_grad_norm())
     # mean over the whole global batch: accumulation steps here, data-parallel ranks in the one all-reduce
     agreed = agree_on_step(loss_sum, grad_norm, preemption.requested, layout=run.layout, grad_accum=run.grad_accum)
-    return StepResult(loss=agreed.loss, grad_norm=grad_norm, lr=lr, seconds=time.perf_counter() - start,
-                      diverged=agreed.diverged, stop=agreed.stop)
+    return StepResult(loss=agreed.loss, grad_norm=grad_norm, lr=lr, decay=decay,
+                      seconds=time.perf_counter() - start, diverged=agreed.diverged, stop=agreed.stop)
 
 
 def step_record(run: Run, result: StepResult, step: int, consumed_samples: int) -> dict:
@@ -232,7 +274,8 @@ def step_record(run: Run, result: StepResult, step: int, consumed_samples: int) 
     items = run.cfg.train.global_batch * run.task.items_per_sample
     throughput_key = "tokens_per_s" if run.task.items_per_sample > 1 else "samples_per_s"
     record = {"step": step, "consumed_samples": consumed_samples, "loss": result.loss, "lr": result.lr,
-              "grad_norm": result.grad_norm, throughput_key: items / result.seconds, "step_time_s": result.seconds}
+              "grad_norm": result.grad_norm, **{f"wd/{g}": wd for g, wd in result.decay.items() if g != "no_decay"},
+              throughput_key: items / result.seconds, "step_time_s": result.seconds}
     device = run.world.device
     if device.type == "cuda":
         record["mfu"] = mfu(run.task.flops_per_item * items / result.seconds / run.world.world_size, device)

@@ -68,12 +68,31 @@ def test_config_comes_back_as_the_schema(tmp_path):
     marker = Marker.read(written(tmp_path, old_marker()))
     assert (marker.family, marker.n_layers, marker.d_model, marker.n_heads) == ("gpt", 2, 32, 4)
     assert marker.seed == 7 and marker.precision == "bf16" and marker.section("data") == {"path": "/data"}
-    assert marker.decay == {"wd_attn": 0.1, "wd_mlp": 0.05, "wd_other": 0.01, "decoupled": False}
+    # no 'decay' record (written before it): the configured decay, W_Q, W_K and W_V, W_O at wd_attn
+    assert marker.decay == {"wd_attn": 0.1, "wd_qk": 0.1, "wd_ov": 0.1, "wd_mlp": 0.05, "wd_other": 0.01,
+                            "decoupled": False}
+    assert marker.group_layout == ("no_decay", "attn", "mlp", "other")  # from its config
     model = marker.model_config()
     assert model == ModelConfig(**MODEL)  # keys the marker lacks take today's defaults
     assert marker.model_config(dropout=0.0, attn_backend="sdpa").attn_backend == "sdpa"
     assert marker.model_config().attn_backend == "auto"  # nothing is mutated
     assert marker.optim_config() == OptimConfig(wd_attn=0.1, wd_mlp=0.05, wd_other=0.01, decoupled=False)
+
+
+def test_decay_in_effect_is_what_the_marker_records(tmp_path):
+    """A marker's 'decay' (what its last step applied, optim/decay.py) wins over the configured decay, and its
+    'decay_groups' over its config's layout; both survive a write and read."""
+    document = old_marker() | {"decay": {"no_decay": 0.0, "qk": 0.0, "ov": 0.1, "mlp": 0.05, "other": 0.01},
+                               "decay_groups": ["no_decay", "qk", "ov", "mlp", "other"]}
+    marker = Marker.read(written(tmp_path, document))
+    assert marker.decay == {"wd_attn": None, "wd_qk": 0.0, "wd_ov": 0.1, "wd_mlp": 0.05, "wd_other": 0.01,
+                            "decoupled": False}
+    assert marker.group_layout == ("no_decay", "qk", "ov", "mlp", "other")
+    (tmp_path / "again").mkdir()
+    marker.write(tmp_path / "again")
+    assert Marker.read(tmp_path / "again").decay_in_effect == document["decay"]
+    switched_off = old_marker() | {"decay": {"no_decay": 0.0, "attn": 0.0, "mlp": 0.05, "other": 0.01}}
+    assert Marker.read(written(tmp_path / "off", switched_off)).decay["wd_attn"] == 0.0
 
 
 @pytest.mark.parametrize("content, reason", [

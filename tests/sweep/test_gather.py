@@ -1,10 +1,14 @@
 """gather_grid / `megarank-sweep gather` against the cells' metrics.jsonl: finished cells tabulated with their
-last logged values, a cell never run listed as missing (in gather.json too), a torn final line tolerated."""
+last logged values, a cell never run listed as missing (in gather.json too), a torn final line tolerated; the
+decay timescales against the sum over the logged steps."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+
+import pytest
 
 from megarank.sweep import gather_grid, load_grid
 from megarank.sweep.cli import main
@@ -37,3 +41,26 @@ def test_gather_tabulates_finished_cells_and_lists_missing_ones(swept, tmp_path)
     summary = json.loads((tmp_path / "gather.json").read_text())
     assert summary["missing"] == ["wd_attn0-seed3", "wd_attn0.1-seed3"] and summary["finished"] == 4
     assert (tmp_path / "gather.png").stat().st_size > 0
+
+
+def test_gather_carries_each_groups_decay_timescales(swept):
+    """Σ lr·λ per group (optim/timescales.py, from the cell's config) against the direct sum over the lr and
+    wd/<group> its metrics.jsonl logged each step; τ = 1/(lr_peak·λ) in steps and, by the data size the run
+    recorded at step 0, in epochs; no decay: Σ 0 and no τ."""
+    from megarank.config import load_config
+
+    gathered = gather_grid(load_grid(swept.grid_file))
+    decayed, undecayed = gathered.records[2], gathered.records[0]
+    logged = read_metrics(swept.cells[2].run_dir)
+    training = [r for r in logged if "loss" in r]
+    cfg = load_config(swept.cells[2].run_dir / "config.yaml")
+    steps_per_epoch = next(r["steps_per_epoch"] for r in logged if r["step"] == 0)
+    assert steps_per_epoch == next(r["train_samples"] for r in logged if r["step"] == 0) / cfg.train.global_batch
+    for group in ("attn", "mlp", "other"):
+        direct = math.fsum(r["lr"] * r[f"wd/{group}"] for r in training)
+        assert decayed[f"sum_lr_wd/{group}"] == pytest.approx(direct, rel=1e-12) and direct > 0
+        wd = {"attn": 0.1, "mlp": cfg.optim.wd_mlp, "other": cfg.optim.wd_other}[group]
+        assert decayed[f"tau_steps/{group}"] == pytest.approx(1 / (cfg.optim.lr * wd))
+        assert decayed[f"tau_epochs/{group}"] == pytest.approx(decayed[f"tau_steps/{group}"] / steps_per_epoch)
+    assert undecayed["sum_lr_wd/attn"] == 0 and undecayed["tau_steps/attn"] is None
+    assert "sum_lr_wd/attn" in gathered.columns and "tau_epochs/other" in gathered.columns

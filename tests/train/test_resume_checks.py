@@ -4,9 +4,11 @@ steps 4 and 8).
 A changed train.global_batch continues from the samples consumed: through the task, the sequences of the
 resumed steps equal the straight run's at the same sampler positions; in a real run the logged and saved
 consumed_samples continue across the resume. Settings that cannot continue (sequence length, model shape or
-function, weight decay, training data, tokenizer) are refused against the reference's real completion marker
+function, optim.decoupled, the optimizer's decay-group layout, training data, tokenizer) are refused against the reference's real completion marker
 (and the same marker stripped to what the landed main wrote), and through megarank-train in one line with
-exit 2; the unchanged settings, and model.rope_base under learned positions (unused there), pass.
+exit 2; the unchanged settings, model.rope_base under learned positions (unused there), and a changed weight
+decay or decay schedule that keeps the group layout (applied from the resume step: tests/train/test_decay_resume.py),
+pass.
 """
 
 from __future__ import annotations
@@ -67,22 +69,43 @@ def test_doubled_global_batch_resume_continues_consumed_samples(reference_run, t
     ("model.tie_embeddings=false", "trained with model.tie_embeddings=true; this run has false"),
     ("seed=7", "trained with seed=1234; this run has 7"),
     ("model.norm_eps=1e-6", "trained with model.norm_eps=1e-05; this run has 1e-06"),
-    ("optim.wd_attn=0.2", "trained with optim.wd_attn=0.1; this run has 0.2 — resume with optim.wd_attn=0.1 or "
-                          "start a new train.run_dir"),
-    ("optim.wd_mlp=0", "trained with optim.wd_mlp=0.05; this run has 0.0 — resume with optim.wd_mlp=0.05"),
-    ("optim.wd_other=0.1", "trained with optim.wd_other=0.01; this run has 0.1"),
+    ("optim.wd_qk=0.2", "saved its optimizer with one attn group; this run splits it into qk and ov .* start a "
+                        "new train.run_dir with train.init_from=.*global_step4"),
+    ("optim.wd_schedule_groups=[ov]", "saved its optimizer with one attn group; this run splits it"),
     ("optim.decoupled=false", "trained with optim.decoupled=true; this run has false"),
 ])
 @pytest.mark.parametrize("marker", ["as written", "as the landed main wrote it"])
 def test_shape_function_decay_and_seed_changes_are_refused(reference_run, tmp_path, override, expected, marker):
     config, tag = reference_run / "config.yaml", reference_run / "checkpoints" / "global_step4"
     if marker != "as written":  # no tensor records: the config alone decides, as for every older marker
-        tag = copy_marker(tag, tmp_path / "global_step4", drop=("tensors",))
+        tag = copy_marker(tag, tmp_path / "global_step4", drop=("tensors", "decay_groups", "decay"))
     identity = task_with(config).data.identity
     check_resume(tag, load_config(config), identity)  # the saved settings themselves pass
     check_resume(tag, load_config(config, ["model.rope_base=500"]), identity)  # learned positions: unused
     with pytest.raises(MegarankError, match=expected):
         check_resume(tag, load_config(config, [override]), identity)
+
+
+@pytest.mark.parametrize("override", ["optim.wd_attn=0.2", "optim.wd_mlp=0", "optim.wd_other=0.1",
+                                      "optim.wd_qk=0.3 optim.wd_ov=0.3", "optim.wd_schedule=cosine"])
+def test_decay_changes_that_keep_the_groups_pass(reference_run, override):
+    """A new decay applies from the resume step (the loop sets it every step); only the group layout is fixed."""
+    config, tag = reference_run / "config.yaml", reference_run / "checkpoints" / "global_step4"
+    check_resume(tag, load_config(config, override.split()), task_with(config).data.identity)
+
+
+def test_a_split_checkpoint_refuses_one_attn_group(reference_run, tmp_path):
+    """The layout recorded in the marker (decay_groups) decides: a qk/ov checkpoint needs wd_qk != wd_ov."""
+    config, source = reference_run / "config.yaml", reference_run / "checkpoints" / "global_step4"
+    tag = copy_marker(source, tmp_path / "global_step4")
+    marker = json.loads((tag / COMPLETE_MARKER).read_text())
+    assert marker["decay_groups"] == ["no_decay", "attn", "mlp", "other"]
+    marker["decay_groups"] = ["no_decay", "qk", "ov", "mlp", "other"]
+    (tag / COMPLETE_MARKER).write_text(json.dumps(marker))
+    identity = task_with(config).data.identity
+    check_resume(tag, load_config(config, ["optim.wd_qk=0.3"]), identity)
+    with pytest.raises(MegarankError, match="saved its optimizer with separate qk and ov groups; this run has one"):
+        check_resume(tag, load_config(config), identity)
 
 
 def copy_marker(source_tag, tag, *, drop=(), config_edit=("", "")):
