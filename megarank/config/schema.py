@@ -285,7 +285,7 @@ class TrainConfig(Freezable):
     init_from: Optional[str] = None
     """Start from these weights instead of a random init: a megarank GPT checkpoint (a global_step<N> tag, or a
     run or checkpoint dir, whose newest complete tag is read, at any TP/DP/ZeRO layout) or a local Hugging Face
-    directory (config.json + model.safetensors: GPT-2 today; the LLaMA family once the model has its options,
+    directory (config.json + model.safetensors: GPT-2, or the LLaMA family — Llama, Mistral, Qwen2, Qwen3;
     megarank/hf/layouts.py). Weights only: a new optimizer, LR schedule and data position. The model's shape
     keys come from the source; one the config sets to another value is an error (a key left at its schema
     default counts as not set). Resume wins: when the run already has a checkpoint it resumes from it, and
