@@ -25,7 +25,7 @@ def qk_norm(tiny_corpus, tmp_path_factory) -> Path:
         "grid": {"base": "configs/default.yaml",
                  "overrides": [*LLAMA_TINY, f"data.path={tiny_corpus}", "train.max_steps=3", "analysis.every=0",
                                "checkpoint.every=0"],
-                 "axes": {"optim.wd_attn": [0.0, 2.0], "model.qk_norm": [False, True]},
+                 "axes": {"optim.wd_attn": [0.0, 2.0], "model.qk_norm": [False, True], "seed": [5]},
                  "run_root": str(root / "cells"), "nproc": 1},
         "out_dir": str(root / "out"), "eval_batch_size": 4, "rank_drop_min": 0.0}))
     assert exp_main(["qk-norm", "--config", str(config), "--no-progress"]) == 0
@@ -45,7 +45,7 @@ def test_cells_are_their_runs_measured_directly(qk_norm):
     assert sorted((c["wd_attn"], c["qk_norm"]) for c in summary["cells"]) == [(0.0, False), (0.0, True),
                                                                               (2.0, False), (2.0, True)]
     for cell in summary["cells"]:
-        run = qk_norm / "cells" / f"wd_attn{cell['wd_attn']:g}-qk_norm{str(cell['qk_norm']).lower()}"
+        run, = (qk_norm / "cells").glob(f"wd_attn{cell['wd_attn']!r}-qk_norm{str(cell['qk_norm']).lower()}-*")
         with open_source(run) as source:
             means = analyse(source, rtol=0.01, atol=1e-3, progress=False).means()
         for product in ("qk", "ov"):
