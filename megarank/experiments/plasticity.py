@@ -213,7 +213,7 @@ def _checks(rows: list[dict], cfg: Config) -> list[Check]:
         return f"{values(key, digits)} for λ {lambdas}"
 
     qk = [r["qk_rank"] for r in rows]
-    gain = first["prose_ppl"] - last["prose_ppl"]
+    change = last["prose_ppl"] - first["prose_ppl"]
     return [
         Check("QK rank falls as the pretraining decay rises (Han et al.: lower rank of W_QK)",
               qk[-1] <= (1 - cfg.rank_drop_min) * qk[0] and monotone(qk, decreasing=True, slack=0.02),
@@ -222,8 +222,9 @@ def _checks(rows: list[dict], cfg: Config) -> list[Check]:
               math.isfinite(first["code_ppl"]) and last["code_ppl"] > first["code_ppl"], trend("code_ppl", 2)),
         Check("prose val perplexity after fine-tuning falls with the pretraining decay (plasticity)",
               math.isfinite(first["prose_ppl"]) and last["prose_ppl"] < first["prose_ppl"],
-              f"{trend('prose_ppl', 2)}: {gain:+.2f} ({100 * gain / first['prose_ppl']:+.1f} %) from the smallest λ "
-              f"to the largest (before fine-tuning: {values('prose_ppl_before', 1)})"),
+              f"{trend('prose_ppl', 2)}: {change:+.2f} ({100 * change / first['prose_ppl']:+.1f} %) at the largest λ "
+              f"against the smallest (before fine-tuning: {values('prose_ppl_before', 1)}; code val perplexity after "
+              f"fine-tuning, the forgetting: {values('code_ppl_after', 1)})"),
     ]
 
 

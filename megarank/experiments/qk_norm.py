@@ -127,6 +127,8 @@ def _checks(cells: list[dict], cfg: Config) -> list[Check]:
         return " → ".join(f"{v:.1f}" for v in values)
 
     drop_plain, drop_norm = _drop(plain), _drop(normed)
+    _, eff_plain = _series(cells, False, "qk_effective_rank")
+    _, eff_norm = _series(cells, True, "qk_effective_rank")
     _, ov_plain = _series(cells, False, "ov_effective_rank")
     _, ov_norm = _series(cells, True, "ov_effective_rank")
     return [
@@ -136,7 +138,8 @@ def _checks(cells: list[dict], cfg: Config) -> list[Check]:
               "rank, the 2026 preprint's claim)",
               math.isfinite(drop_norm) and drop_norm < drop_plain / 2,
               f"{trend(normed)} for λ_attn {lambdas} ({100 * drop_norm:.0f} % lower, against "
-              f"{100 * drop_plain:.0f} % without)"),
+              f"{100 * drop_plain:.0f} % without); effective rank {trend(eff_norm)} ({100 * _drop(eff_norm):.0f} % "
+              f"lower) with the norm, {trend(eff_plain)} ({100 * _drop(eff_plain):.0f} % lower) without"),
         Check("OV effective rank (no norm on V, O: the control) falls with λ_attn in both",
               _drop(ov_plain) >= cfg.rank_drop_min and _drop(ov_norm) >= cfg.rank_drop_min,
               f"without QK-norm {trend(ov_plain)}, with {trend(ov_norm)}"),
