@@ -27,6 +27,7 @@ from megarank.errors import MegarankError
 from megarank.experiments.report import Check, Figure, Result, Table
 from megarank.experiments.sweeps import CellResult, mean_std, missing_markdown, monotone, train_and_analyse
 from megarank.sweep import GridConfig, expand
+from megarank.sweep.cells import FINISHED
 
 PRETRAIN, FINETUNE = "pretrain", "finetune"
 
@@ -115,9 +116,6 @@ def total_decay(run_dir: str | Path, wd: float) -> float:
 
 
 def run(cfg: Config, *, progress: bool = True) -> Result:
-    from megarank.analysis.readers import open_source
-    from megarank.analysis.report import analyse
-    from megarank.analysis.spectra import DEFAULT_ATOL
     from megarank.data.pydoc_prose import ensure_prose_dataset
     from megarank.evaluation import evaluate_checkpoint
 
@@ -129,26 +127,19 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
     prose = ensure_prose_dataset(expand(pretrain_grid(cfg, cfg.wd[0]))[0].config.data.cache_dir, tokenizer).root
     runs, missing = [], []
     for wd in cfg.wd:
-        try:
-            pretrained, left = train_and_analyse(pretrain_grid(cfg, wd), run_missing=cfg.run_missing, rtol=cfg.rtol,
-                                                 progress=progress)
-        except MegarankError as err:
-            if cfg.run_missing or "no finished cells" not in str(err):
-                raise
+        pretrained = _trained(pretrain_grid(cfg, wd), cfg, progress)
+        if pretrained is None:
             missing.append(f"{PRETRAIN}/wd{wd:g}")
             continue
-        missing += [f"{PRETRAIN}/wd{wd:g}/{name}" for name in left]
-        for cell in pretrained:
+        missing += [f"{PRETRAIN}/wd{wd:g}/{name}" for name in pretrained[1]]
+        for cell in pretrained[0]:
             seed = cell.values["seed"]
-            grid = finetune_grid(cfg, wd, seed, Path(cell.record["run_dir"]), prose, tokenizer)
-            try:
-                tuned, _ = train_and_analyse(grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress)
-            except MegarankError as err:
-                if cfg.run_missing or "no finished cells" not in str(err):
-                    raise
+            tuned = _trained(finetune_grid(cfg, wd, seed, Path(cell.record["run_dir"]), prose, tokenizer), cfg,
+                             progress)
+            if tuned is None:
                 missing.append(f"{FINETUNE}/wd{wd:g}/seed{seed}")
                 continue
-            runs.append(_row(wd, seed, cell, tuned[0], ppl, code, prose))
+            runs.append(_row(wd, seed, cell, tuned[0][0], ppl, code, prose))
     if not runs:
         raise MegarankError(f"plasticity: no finished pretrain + fine-tune pairs under {cfg.run_root}")
     rows = _means(runs)
@@ -173,6 +164,13 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                                 "every token of the val splits)"),
                           Table("runs", tuple(runs[0]), runs, "Every pretrain + fine-tune pair", in_report=False)],
                   markdown=markdown)
+
+
+def _trained(grid: GridConfig, cfg: Config, progress: bool) -> tuple[list[CellResult], list[str]] | None:
+    """train_and_analyse of `grid`; None when only gathering (run_missing false) and none of its runs finished."""
+    if not cfg.run_missing and not any(cell.state == FINISHED for cell in expand(grid)):
+        return None
+    return train_and_analyse(grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress)
 
 
 def _row(wd: float, seed: int, pre: CellResult, tuned: CellResult, ppl, code: Path, prose: Path) -> dict:

@@ -133,7 +133,8 @@ def _checks(cells: list[dict], cfg: Config) -> list[Check]:
     _, ov_norm = _series(cells, True, "ov_effective_rank")
     return [
         Check("without QK-norm the QK rank falls as λ_attn rises (the paper's claim on this block)",
-              drop_plain >= cfg.rank_drop_min, f"{trend(plain)} for λ_attn {lambdas} ({100 * drop_plain:.0f} % lower)"),
+              drop_plain >= cfg.rank_drop_min,
+              f"{trend(plain)} for λ_attn {lambdas} ({100 * drop_plain:.0f} % lower)"),
         Check("with QK-norm the QK rank drop is less than half of that without (L2 cannot set the scale-free "
               "rank, the 2026 preprint's claim)",
               math.isfinite(drop_norm) and drop_norm < drop_plain / 2,

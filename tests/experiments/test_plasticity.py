@@ -97,3 +97,19 @@ def test_bad_config_is_one_line(override, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_gathering_lists_a_missing_fine_tune(plasticity, tmp_path):
+    """run_missing=false with one fine-tune gone: the other λ is tabulated, the gone run listed, nothing trained."""
+    import shutil
+
+    config = yaml.safe_load((plasticity / "plasticity.yaml").read_text())
+    shutil.copytree(plasticity / "cells", tmp_path / "cells")
+    shutil.rmtree(tmp_path / "cells" / "finetune" / "wd2")
+    config.update(run_root=str(tmp_path / "cells"), out_dir=str(tmp_path / "out"), run_missing=False)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    assert exp_main(["plasticity", "--config", str(tmp_path / "p.yaml"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["missing"] == ["finetune/wd2/seed3"] and [r["wd"] for r in summary["rows"]] == [0.0]
+    assert not (tmp_path / "cells" / "finetune" / "wd2").exists()
+    assert "Missing cells" in (tmp_path / "out" / "report.md").read_text()
