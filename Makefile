@@ -111,7 +111,7 @@ reproduce: $(STAMP)
 	$(PY) -m megarank.experiments reproduce
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q --durations=15 -n 2 --dist loadfile
+	$(PY) -m pytest tests -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 # Rewrite the lock from what .venv holds now (after a deliberate upgrade; then rerun the golden tests).
 lock: $(STAMP)

@@ -1,7 +1,9 @@
-"""The launched training runs the suite shares: each named layout is trained once per session (per test worker
-under `make test`'s pytest-xdist, which hands each worker whole files), on first use,
+"""The launched training runs the suite shares: each named layout is trained once per session, on first use,
 through the entry points a user runs (megarank-train in one process, the DeepSpeed launcher, or
-tools/launch_node.sh per simulated node), and every test that needs that layout reads the same run.
+tools/launch_node.sh per simulated node), and every test that needs that layout reads the same run. Under
+`make test`'s pytest-xdist the two test workers share one directory (tests/conftest.py): the first worker to
+ask for a run trains it under a file lock, and a worker asking meanwhile waits on the lock and reads the same
+run (pytest-xdist's "Making session-scoped fixtures execute only once").
 
 A shared run is read-only to tests: one that must change a run (resume it, damage a checkpoint) copies it
 first (shutil.copytree) and relaunches the copy with `LaunchedRuns.relaunch`, the same overrides, so the result
@@ -13,10 +15,14 @@ all of them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from tests.helpers import REPO, TINY, clean_env, free_port, run_training
 
@@ -135,6 +141,25 @@ class Launched:
     fingerprint: dict[str, tuple[int, int]]
 
 
+def once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """root/name, filled by build(root/name) by the first test worker of the session that asks for it, under the
+    file lock root/name.lock: a worker asking meanwhile waits, then reads what the first one built. A build that
+    failed fails every later asker with its message, without building again."""
+    where, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    where.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / f"{name}.lock"):
+        if failed.exists():
+            raise AssertionError(f"{name!r}, shared by the session's test workers, failed earlier:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                build(where)
+            except Exception as err:
+                failed.write_text(f"{type(err).__name__}: {err}")
+                raise
+            done.touch()
+    return where
+
+
 def fingerprint(run_dir: Path) -> dict[str, tuple[int, int]]:
     """Every file under run_dir with its size and modification time: what a test must not change."""
     return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -142,28 +167,31 @@ def fingerprint(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 class LaunchedRuns:
-    """The session's shared runs: `runs(name)` is the run directory of LAUNCHES[name], trained on first use."""
+    """The session's shared runs: `runs(name)` is the run directory of LAUNCHES[name], trained on first use.
+    `root` is shared by every test worker of the session (see `once`): root/NAME/run is the run, and
+    root/NAME/launched.json its output and master port."""
 
     def __init__(self, corpus: Path, root: Path):
         self.corpus, self.root = corpus, root
         self.done: dict[str, Launched] = {}
-        self.failed: dict[str, str] = {}
 
     def __call__(self, name: str) -> Path:
         return self.get(name).run_dir
 
     def get(self, name: str) -> Launched:
-        if name in self.failed:  # every reader of a failed run fails with its message, without a relaunch
-            raise AssertionError(f"the shared run {name!r} failed earlier in this session:\n{self.failed[name]}")
         if name not in self.done:
-            run_dir, port = self.root / name / "run", free_port()
-            try:
-                output = self._launch(LAUNCHES[name], run_dir, port=port)
-            except (AssertionError, subprocess.TimeoutExpired) as err:
-                self.failed[name] = str(err)
-                raise
-            self.done[name] = Launched(run_dir, output, port, fingerprint(run_dir))
+            self.done[name] = self._train_once(name)
         return self.done[name]
+
+    def _train_once(self, name: str) -> Launched:
+        def train(where: Path) -> None:
+            port = free_port()
+            output = self._launch(LAUNCHES[name], where / "run", port=port)
+            (where / "launched.json").write_text(json.dumps({"port": port, "output": output}))
+
+        where = once(self.root, name, train)
+        launched = json.loads((where / "launched.json").read_text())
+        return Launched(where / "run", launched["output"], launched["port"], fingerprint(where / "run"))
 
     def output(self, name: str) -> str:
         return self.get(name).output

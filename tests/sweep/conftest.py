@@ -1,8 +1,11 @@
 """A 2×2 grid of the tiny GPT (optim.wd_attn × seed, 2 steps per cell, 1 process), trained once per session
-through run_grid, one cell of it first pre-trained to step 1 so the grid has a partial cell to resume."""
+through run_grid, one cell of it first pre-trained to step 1 so the grid has a partial cell to resume. Under
+pytest-xdist it is trained once for both workers (tests/runs.py `once`), and read-only to tests: a test that
+changes a cell copies the runs first."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ import yaml
 
 from megarank.sweep import Cell, expand, load_grid, run_grid
 from tests.helpers import REPO, TINY, clean_env
+from tests.runs import once
 
 
 def write_grid(path: Path, corpus: Path, run_root: Path, axes: dict | None = None) -> Path:
@@ -36,19 +40,23 @@ class Swept:
 
 
 @pytest.fixture(scope="session")
-def swept(tiny_corpus, tmp_path_factory) -> Swept:
-    root = tmp_path_factory.mktemp("sweep")
-    grid_file = write_grid(root / "grid.yaml", tiny_corpus, root / "runs")
-    grid = load_grid(grid_file)
-    cells = expand(grid)
-    partial = cells[1]
-    subprocess.run([*_train(partial), "train.max_steps=1"], cwd=REPO, env=clean_env(), check=True,
-                   capture_output=True)
-    assert partial.state == "partial"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        results = run_grid(grid, progress=False)
-    return Swept(grid_file=grid_file, cells=cells, results=results, partial=partial)
+def swept(tiny_corpus, session_dir) -> Swept:
+    def sweep(root: Path) -> None:
+        grid = load_grid(write_grid(root / "grid.yaml", tiny_corpus, root / "runs"))
+        partial = expand(grid)[1]
+        subprocess.run([*_train(partial), "train.max_steps=1"], cwd=REPO, env=clean_env(), check=True,
+                       capture_output=True)
+        assert partial.state == "partial"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("OMP_NUM_THREADS", "1")
+            results = run_grid(grid, progress=False)
+        (root / "results.json").write_text(json.dumps([[cell.name, status] for cell, status in results]))
+
+    root = once(session_dir, "sweep", sweep)
+    cells = expand(load_grid(root / "grid.yaml"))
+    by_name = {cell.name: cell for cell in cells}
+    results = [(by_name[name], status) for name, status in json.loads((root / "results.json").read_text())]
+    return Swept(grid_file=root / "grid.yaml", cells=cells, results=results, partial=cells[1])
 
 
 def _train(cell: Cell) -> list[str]:

@@ -7,24 +7,26 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 
 from megarank.sweep import gather_grid, load_grid
 from megarank.sweep.cli import main
 from tests.helpers import read_metrics
+from tests.sweep.conftest import write_grid
 
 
-def test_gather_tabulates_finished_cells_and_lists_missing_ones(swept, tmp_path):
-    # seed 3 was never run: two missing cells; a torn final line in one finished cell's metrics
-    torn = swept.cells[0].run_dir / "metrics.jsonl"
-    text = torn.read_text()
-    try:
-        torn.write_text(text + '{"step": 3, "lo')
-        gathered = gather_grid(load_grid(swept.grid_file, ["grid.axes.seed=[1,2,3]"]))
-        assert main(["gather", str(swept.grid_file), "--out", str(tmp_path), "grid.axes.seed=[1,2,3]"]) == 0
-    finally:
-        torn.write_text(text)
+def test_gather_tabulates_finished_cells_and_lists_missing_ones(swept, tiny_corpus, tmp_path):
+    # a copy of the session's sweep (shared, read-only); seed 3 was never run: two missing cells; a torn final
+    # line in one finished cell's metrics
+    grid_file = write_grid(tmp_path / "grid.yaml", tiny_corpus, tmp_path / "runs")
+    shutil.copytree(swept.cells[0].run_dir.parent, tmp_path / "runs")
+    torn = tmp_path / "runs" / swept.cells[0].name / "metrics.jsonl"
+    torn.write_text(torn.read_text() + '{"step": 3, "lo')
+    gathered = gather_grid(load_grid(grid_file, ["grid.axes.seed=[1,2,3]"]))
+    out = tmp_path / "out"
+    assert main(["gather", str(grid_file), "--out", str(out), "grid.axes.seed=[1,2,3]"]) == 0
     assert [c.name for c in gathered.missing] == ["wd_attn0-seed3", "wd_attn0.1-seed3"]
     assert [r["cell"] for r in gathered.records] == [c.name for c in swept.cells]
     record = gathered.records[2]
@@ -35,12 +37,12 @@ def test_gather_tabulates_finished_cells_and_lists_missing_ones(swept, tmp_path)
     assert record["rank/qk_mean"] is not None and record["effective_rank/ov_mean"] is not None
     assert record["val_acc"] is None  # a GPT logs no accuracy
 
-    rows = list(csv.DictReader((tmp_path / "gather.csv").open()))
+    rows = list(csv.DictReader((out / "gather.csv").open()))
     assert [r["cell"] for r in rows] == [c.name for c in swept.cells]
     assert "val_acc" not in rows[0] and float(rows[2]["loss"]) == record["loss"]
-    summary = json.loads((tmp_path / "gather.json").read_text())
+    summary = json.loads((out / "gather.json").read_text())
     assert summary["missing"] == ["wd_attn0-seed3", "wd_attn0.1-seed3"] and summary["finished"] == 4
-    assert (tmp_path / "gather.png").stat().st_size > 0
+    assert (out / "gather.png").stat().st_size > 0
 
 
 def test_gather_carries_each_groups_decay_timescales(swept):
