@@ -4,7 +4,8 @@ over training").
     λ_g(t) = base_g · m_g(t)
 
 base_g is the group's configured decay (optim.wd_attn, wd_mlp, wd_other; the split groups qk and ov take
-optim.wd_qk and optim.wd_ov, each falling back to wd_attn; no_decay 0), m_g(t) the schedule's multiplier
+optim.wd_qk and optim.wd_ov, each falling back to wd_attn, and an unsplit attn group their common value, so
+wd_qk = wd_ov = 0 decays no attention weight whatever wd_attn says; no_decay 0), m_g(t) the schedule's multiplier
 (optim.wd_schedule) for the groups optim.wd_schedule_groups covers and 1 for the others, t the 0-based
 optimizer step about to be taken (the LR schedule's convention, optim/schedule.py).
 
@@ -26,6 +27,8 @@ def base_decay(group: str, cfg: OptimConfig) -> float:
     """The configured decay of `group` ('no_decay', 'attn', 'qk', 'ov', 'mlp', 'other'), before the schedule."""
     if group == "no_decay":
         return 0.0
+    if group == "attn":  # unsplit: both products decay alike, at wd_qk = wd_ov when those are set
+        return base_decay(PRODUCTS[0], cfg)
     if group in PRODUCTS:
         own = getattr(cfg, f"wd_{group}")
         return cfg.wd_attn if own is None else own

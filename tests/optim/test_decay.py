@@ -55,6 +55,15 @@ def test_products_fall_back_to_wd_attn():
     assert (base_decay("qk", cfg), base_decay("ov", cfg), base_decay("attn", cfg)) == (0.4, 0.0, 0.4)
 
 
+def test_products_set_alike_decay_the_unsplit_group_at_their_value():
+    """wd_qk = wd_ov keeps one attn group; it decays at their value, not at wd_attn (which they override)."""
+    cfg = OptimConfig(wd_attn=0.1, wd_qk=0.0, wd_ov=0.0)
+    assert not splits_attention(cfg) and base_decay("attn", cfg) == 0.0
+    groups = [{"name": "attn", "weight_decay": 9.0}]
+    assert apply_decay(groups, cfg, 0, 10) == {"attn": 0.0}
+    assert base_decay("attn", OptimConfig(wd_attn=0.1, wd_qk=0.3, wd_ov=0.3)) == 0.3
+
+
 @pytest.mark.parametrize("changes, split", [
     ({}, False),
     ({"wd_qk": 0.1, "wd_ov": 0.1}, False),  # equal to wd_attn's default: one group, as today
