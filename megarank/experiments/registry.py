@@ -1,8 +1,11 @@
-"""The one list of the paper's experiments: name, module, what it reproduces, and `make reproduce`'s order.
+"""The one list of experiments: name, module, what it reproduces, and `make reproduce`'s order.
 
+Most reproduce a figure or table of the paper; a few go beyond it (`beyond_paper`): they test a later claim
+about weight decay and attention with the same machinery, and REPORT.md lists them in a section of their own.
 Each module defines `Config` (a dataclass: every knob, a docstring each, `out_dir` among them) and
 `run(cfg, *, progress) -> Result` (megarank/experiments/report.py). Its default config is
-configs/experiments/paper/<name with '_' for '-'>.yaml; docs/paper.md, "## Experiments", describes each one.
+configs/experiments/<paper or beyond>/<name with '_' for '-'>.yaml; docs/paper.md, "## Experiments" and
+"## Beyond the paper", describes each one.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ class Experiment:
     module: str
     """The module that holds its Config and run."""
     reproduces: str
-    """The paper's figure or table, as REPORT.md and docs/paper.md name it."""
+    """The paper's figure or table, or (beyond_paper) the work whose claim it tests, as REPORT.md names it."""
+    beyond_paper: bool = False
+    """Not one of the paper's results: listed under "Beyond the paper", its config under configs/experiments/beyond/."""
 
     @property
     def config_path(self) -> str:
-        """configs/experiments/paper/<name>.yaml, with '-' as '_' (lm-sweep -> lm_sweep.yaml)."""
-        return f"configs/experiments/paper/{self.name.replace('-', '_')}.yaml"
+        """configs/experiments/<paper|beyond>/<name>.yaml, with '-' as '_' (lm-sweep -> paper/lm_sweep.yaml)."""
+        return f"configs/experiments/{'beyond' if self.beyond_paper else 'paper'}/{self.name.replace('-', '_')}.yaml"
 
     def load(self) -> ModuleType:
         """The module, imported on first use (the sweeps pull in training; factorized needs only numpy)."""
@@ -41,6 +46,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("icl", "megarank.experiments.icl", "Fig 2"),
     Experiment("vit-sweep", "megarank.experiments.vit_sweep", "Fig 3 right"),
     Experiment("lm-sweep", "megarank.experiments.lm_sweep", "Fig 3 left + Table 1"),
+    Experiment("qk-norm", "megarank.experiments.qk_norm", "QK-norm (2026 preprint)", beyond_paper=True),
+    Experiment("plasticity", "megarank.experiments.plasticity", "Han et al. 2026, plasticity", beyond_paper=True),
 )
 NAMES: tuple[str, ...] = tuple(e.name for e in EXPERIMENTS)
 

@@ -1,6 +1,7 @@
 """`make reproduce`: every experiment's CPU default in the registry's order (a finished one is not rerun), then
-runs/paper/REPORT.md: a row per experiment (its verdict from its checks, or `failed` with the one-line error)
-and each finished one's report — checks, tables, figures — in one document.
+runs/paper/REPORT.md: a row per experiment (its verdict from its checks, or `failed` with the one-line error),
+the paper's in one table and those beyond the paper in a section of their own, and each finished one's report
+— checks, tables, figures — in one document.
 
 One experiment failing, whatever the error, is a row of REPORT.md, not the end of the run: the others still
 run and REPORT.md is always written; the command then exits non-zero (cli.py).
@@ -59,15 +60,32 @@ def one_line(err: BaseException) -> str:
 
 
 def write_report(outcome: dict[str, str | Path], root: Path, seconds: float) -> Path:
-    """REPORT.md from outcome (name -> its out_dir, or the text of its failure); returns its path."""
+    """REPORT.md from outcome (name -> its out_dir, or the text of its failure); returns its path. The paper's
+    experiments first, then those beyond it (registry's beyond_paper) in a table and section of their own."""
     root.mkdir(parents=True, exist_ok=True)
     lines = ["# Reproducing “Weight decay induces low-rank attention layers” (Kobayashi et al., NeurIPS 2024)", "",
              f"`make reproduce`, this invocation {seconds / 60:.1f} min (finished experiments were not rerun; each "
              "one's own wall time is in the table). Verdicts come from each experiment's measured checks; "
-             "docs/paper.md, \"## Experiments\", describes each setup.", "",
-             "| experiment | paper | verdict | checks | wall time |", "|---|---|---|---|---|"]
+             "docs/paper.md, \"## Experiments\", describes each setup.", ""]
+    paper = [e for e in EXPERIMENTS if not e.beyond_paper]
+    beyond = [e for e in EXPERIMENTS if e.beyond_paper]
     sections = []
-    for entry in EXPERIMENTS:
+    lines += _verdict_table(paper, "paper", outcome, root, sections)
+    if beyond:
+        lines += ["", "## Beyond the paper", "",
+                  "Later claims about weight decay and attention, tested with the same machinery at the same CPU "
+                  "scale (docs/paper.md, \"## Beyond the paper\"); a verdict says whether the claim shows here.", ""]
+        lines += _verdict_table(beyond, "tests", outcome, root, sections)
+    text = "\n".join(lines) + "\n\n" + "\n\n---\n\n".join(sections) + "\n"
+    path = root / "REPORT.md"
+    atomic_write_text(path, text)
+    return path
+
+
+def _verdict_table(entries, what: str, outcome: dict[str, str | Path], root: Path, sections: list[str]) -> list[str]:
+    """The table rows of `entries` (a verdict per experiment); appends each finished one's report to sections."""
+    lines = [f"| experiment | {what} | verdict | checks | wall time |", "|---|---|---|---|---|"]
+    for entry in entries:
         name, result = entry.name, outcome.get(entry.name)
         if not isinstance(result, Path):
             error = str(result or "not run").replace("|", "\\|")
@@ -83,10 +101,7 @@ def write_report(outcome: dict[str, str | Path], root: Path, seconds: float) -> 
         body = re.sub(r"\]\(([^)/]+\.(?:png|csv))\)", lambda m: f"]({rel.as_posix()}/{m[1]})", body)
         body = re.sub(r"^# ", "## ", body, count=1, flags=re.M)
         sections.append(f'<a id="{name}"></a>\n\n{body}\n\n(`{rel.as_posix()}/`: report.md, summary.json, CSVs)')
-    text = "\n".join(lines) + "\n\n" + "\n\n---\n\n".join(sections) + "\n"
-    path = root / "REPORT.md"
-    atomic_write_text(path, text)
-    return path
+    return lines
 
 
 def experiment_configs() -> dict[str, object]:

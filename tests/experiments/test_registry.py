@@ -21,8 +21,16 @@ def test_every_entry_has_a_module_and_a_config(entry):
     assert (REPO / entry.config_path).is_file()
 
 
+def test_config_path_is_one_rule():
+    """paper/ for the paper's experiments, beyond/ for the others, '-' as '_'."""
+    assert experiment("lm-sweep").config_path == "configs/experiments/paper/lm_sweep.yaml"
+    assert experiment("qk-norm").config_path == "configs/experiments/beyond/qk_norm.yaml"
+    assert [e.name for e in EXPERIMENTS if e.beyond_paper] == ["qk-norm", "plasticity"]
+    assert not any(e.beyond_paper for e in EXPERIMENTS[:-2])  # the paper's first, so `make reproduce` runs them first
+
+
 def test_names_are_unique_and_are_the_cli_choices(capsys):
-    assert len(set(NAMES)) == len(NAMES) == 6
+    assert len(set(NAMES)) == len(NAMES) == 8
     with pytest.raises(SystemExit):
         main(["no-such-experiment"])
     err = capsys.readouterr().err

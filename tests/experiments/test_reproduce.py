@@ -1,5 +1,6 @@
 """`make reproduce` (megarank-exp reproduce) when one experiment fails: the failing one against a row of REPORT.md
-saying `failed` with its one-line error, every other experiment against a finished result and its verdict row,
+saying `failed` with its one-line error, every other experiment against a finished result and its verdict row
+(the registry's beyond_paper entries in the "Beyond the paper" table),
 and the exit status against the CLI contract (1 when any failed, REPORT.md written anyway).
 
 factorized runs for real (seconds); scalar raises a RuntimeError (not a user error: the case that used to end
@@ -13,7 +14,7 @@ import pytest
 
 from megarank.experiments import reproduce as reproduce_module
 from megarank.experiments.cli import main
-from megarank.experiments.registry import NAMES
+from megarank.experiments.registry import EXPERIMENTS, NAMES
 from megarank.experiments.report import Check, Result, write_result
 from megarank.experiments.runner import run_experiment
 from tests.helpers import REPO
@@ -46,9 +47,13 @@ def test_one_failure_is_reported_and_the_rest_still_run(one_failing, tmp_path):
     assert main(["reproduce", "--no-progress"]) == 1
     assert one_failing == list(NAMES)  # every experiment was tried, in the registry's order
     report = (tmp_path / "runs" / "paper" / "REPORT.md").read_text()
-    rows = {line.split(" | ")[0].strip("| []").split("](")[0]: line for line in report.splitlines()
-            if line.startswith("| ") and " | Fig " in line}
+    tables = report.split('<a id="', 1)[0]  # the verdict tables, before the first experiment's report
+    rows = {line.split(" | ")[0].strip("| []").split("](")[0]: line for line in tables.splitlines()
+            if line.startswith("| ") and not line.startswith("| experiment |")}
     assert set(rows) == set(NAMES)
+    _, beyond_part = tables.split("## Beyond the paper", 1)  # the registry's beyond_paper entries after it
+    for entry in EXPERIMENTS:
+        assert (rows[entry.name] in beyond_part) == entry.beyond_paper and rows[entry.name] in report
     assert rows["scalar"] == "| scalar | Fig 5 | failed | RuntimeError: unexpected pos 6656 vs 6550 | |"
     assert "second line" not in report
     for name in NAMES:

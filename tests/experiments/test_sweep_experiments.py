@@ -152,9 +152,11 @@ def test_every_default_config_resolves():
     from megarank.experiments.reproduce import experiment_configs
 
     configs = experiment_configs()
-    assert set(configs) == {"factorized", "scalar", "icl", "lm-sweep", "vit-sweep", "pretrained"}
-    for name in ("lm-sweep", "vit-sweep"):
+    assert set(configs) == {"factorized", "scalar", "icl", "lm-sweep", "vit-sweep", "pretrained", "qk-norm",
+                            "plasticity"}
+    for name in ("lm-sweep", "vit-sweep", "qk-norm"):
         assert (REPO / configs[name].grid.base).is_file()
+    assert (REPO / configs["plasticity"].base).is_file()
 
 
 def test_reproduce_report_lists_every_experiment(lm_sweep, tmp_path):
