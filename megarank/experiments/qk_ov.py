@@ -3,12 +3,17 @@ docs/paper.md, "### qk-ov".
 
 The paper decays all of attention at once (Table 1: λ_attn), so its perplexity cost cannot be pinned on either
 product. Here the two are decayed apart (optim.wd_qk: W_Q, W_K; optim.wd_ov: W_V, W_O; the MLP's and the
-embeddings' decay fixed): the GPT trained over a grid of wd_qk × wd_ov × seeds; per cell the perplexity of the
+embeddings' decay fixed): the GPT trained over a grid of λ_qk × wd_ov × seeds; per cell the perplexity of the
 final checkpoint over every token of the val and test splits (megarank-eval), the per-head rank, effective
 rank and balance of both products (megarank-rank), and each product's total decay Σ lr·λ over the run
 (megarank/optim/timescales.py, through the sweep's gather). A product's perplexity cost is the relative rise
 of perplexity from the cell with no attention decay to the cell that decays that product alone, at the grid's
 largest value.
+
+The QK axis is optim.wd_qk or optim.wd_attn with wd_qk left null (which then takes wd_attn): the CPU default
+uses the latter, because the optimizer today keeps one 'attn' group at optim.wd_attn when wd_qk equals wd_ov,
+so a wd_qk axis would decay the grid's diagonal cells at wd_attn. Every cell's logged decay is checked
+against the cell's values before anything is reported.
 
 The CPU default (configs/experiments/beyond/qk_ov.yaml) sets the decayed value from the theory: a total
 decay Σ lr·λ of about 2 over lm_cpu.yaml's schedule, past the ≈ 1 at which the rank falls visibly.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,14 +34,15 @@ from megarank.experiments.report import Check, Figure, Result, Table, timescale_
 from megarank.experiments.sweeps import (by_setting, mean_std, missing_markdown, perplexity_measure, setting_keys,
                                          total_decay, train_and_analyse)
 from megarank.sweep import GridConfig
+from megarank.sweep.gather import read_records
 
-WD_QK, WD_OV = "optim.wd_qk", "optim.wd_ov"
+WD_QK, WD_OV, WD_ATTN = "optim.wd_qk", "optim.wd_ov", "optim.wd_attn"
 METRICS = ("rank", "effective_rank", "balance")
 
 
 def _default_grid() -> GridConfig:
     return GridConfig(base="configs/experiments/paper/lm_cpu.yaml", overrides=["analysis.every=0"],
-                      axes={WD_QK: [0.0, 6.0], WD_OV: [0.0, 6.0], "seed": [1234]},
+                      axes={WD_ATTN: [0.0, 6.0], WD_OV: [0.0, 6.0], "seed": [1234]},
                       run_root="runs/paper/qk-ov/cells", nproc=1)
 
 
@@ -44,8 +51,9 @@ class Config:
     """The grid (wd_qk × wd_ov × seeds), its evaluation and what the report checks."""
 
     grid: GridConfig = field(default_factory=_default_grid)
-    """The runs: a GPT training config and the axes (optim.wd_qk and optim.wd_ov required, at least two values
-    each; seed averaged over). The other decays are the base config's (or grid.overrides')."""
+    """The runs: a GPT training config and the axes: optim.wd_ov and the QK decay (optim.wd_qk, or
+    optim.wd_attn with wd_qk left null), at least two values each; seed averaged over. The other decays are
+    the base config's (or grid.overrides')."""
     out_dir: str = "runs/paper/qk-ov"
     """Where report.md, the figures, the CSVs and summary.json go."""
     run_missing: bool = True
@@ -64,15 +72,21 @@ class Config:
     val without a test split) by at least this fraction over the undecayed cell."""
 
     def __post_init__(self) -> None:
-        for key in (WD_QK, WD_OV):
-            if key not in self.grid.axes:
-                raise MegarankError(f"qk-ov: grid.axes must vary {key} (the experiment is wd_qk × wd_ov); add it")
+        if WD_OV not in self.grid.axes or (WD_QK in self.grid.axes) == (WD_ATTN in self.grid.axes):
+            raise MegarankError(f"qk-ov: grid.axes must vary {WD_OV} and one of {WD_QK}, {WD_ATTN} (the QK "
+                                f"decay), got {', '.join(self.grid.axes) or 'none'}")
+        for key in (self.qk_key, WD_OV):
             if len(set(self.grid.axes[key])) < 2:
                 raise MegarankError(f"qk-ov: grid.axes.{key} needs at least two values to compare")
         if not self.eval_splits or not set(self.eval_splits) <= {"val", "test"}:
             raise MegarankError(f"qk-ov: eval_splits must name val and/or test, got {self.eval_splits}")
         if not 0 < self.rtol < 1:
             raise MegarankError(f"qk-ov: rtol must be in (0, 1), got {self.rtol}")
+
+    @property
+    def qk_key(self) -> str:
+        """The axis that sets the QK decay."""
+        return WD_QK if WD_QK in self.grid.axes else WD_ATTN
 
     @property
     def compared(self) -> str:
@@ -84,12 +98,14 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
     results, missing = train_and_analyse(cfg.grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress,
                                          measure=perplexity_measure(tuple(cfg.eval_splits), batch_size=cfg.eval_batch_size,
                                                                     progress=False))
+    for r in results:
+        _check_applied(r.record, float(r.values[cfg.qk_key]), float(r.values[WD_OV]))
     keys = setting_keys(cfg.grid)
     cells = []
     for setting, members in by_setting(results, keys).items():
         values = dict(zip(keys, setting))
-        cell = {"wd_qk": float(values[WD_QK]), "wd_ov": float(values[WD_OV]),
-                **{k: v for k, v in values.items() if k not in (WD_QK, WD_OV)},
+        cell = {"wd_qk": float(values[cfg.qk_key]), "wd_ov": float(values[WD_OV]),
+                **{k: v for k, v in values.items() if k not in (cfg.qk_key, WD_OV)},
                 "seeds": [r.values.get("seed") for r in members]}
         for product in PRODUCTS:
             cell[f"total_decay_{product}"] = mean_std([total_decay(r.record, product) for r in members])[0]
@@ -122,6 +138,17 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                                 "token of the split; Σ lr·λ per product over the run)"),
                           timescale_table([r.record for r in results], list(cfg.grid.axes))],
                   markdown=markdown)
+
+
+def _check_applied(record: dict, wd_qk: float, wd_ov: float) -> None:
+    """Refuse a cell whose run did not decay W_Q, W_K at wd_qk and W_V, W_O at wd_ov (its first training
+    record's 'wd/qk', 'wd/ov', or 'wd/attn' where the two share a group)."""
+    first = next((r for r in read_records(Path(record["run_dir"]) / "metrics.jsonl") if "loss" in r), {})
+    applied = (first.get("wd/qk", first.get("wd/attn")), first.get("wd/ov", first.get("wd/attn")))
+    if applied != (wd_qk, wd_ov):
+        raise MegarankError(f"qk-ov: cell {record['cell']} decayed QK at {applied[0]} and OV at {applied[1]}, not "
+                            f"{wd_qk:g} and {wd_ov:g}: with equal wd_qk and wd_ov the optimizer keeps one attn group "
+                            "at optim.wd_attn; vary optim.wd_attn (wd_qk null) as the QK axis instead")
 
 
 def _corners(cells: list[dict]) -> dict[str, dict]:
