@@ -102,8 +102,8 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
         Figure("ppl_vs_wd_attn", f"{ppl_key.replace('_', ' ')} vs Σ lr·λ_attn, one line per wd_mlp",
                _ppl_vs_wd(cells, wd_mlp, ppl_key)),
     ]
-    columns = ("wd_attn", "wd_mlp", "seeds", "total_decay_attn", "val_ppl_mean", "val_ppl_std", "test_ppl_mean", "test_ppl_std",
-               "qk_rank_mean", "ov_rank_mean", "qk_effective_rank_mean", "ov_effective_rank_mean",
+    columns = ("wd_attn", "wd_mlp", "seeds", "total_decay_attn", "val_ppl_mean", "val_ppl_std", "test_ppl_mean",
+               "test_ppl_std", "qk_rank_mean", "ov_rank_mean", "qk_effective_rank_mean", "ov_effective_rank_mean",
                "qk_balance_mean", "ov_balance_mean")
     per_run = [{**r.values, "cell": r.record["cell"], "val_ppl": r.record.get("val_ppl"), **r.extra,
                 **{f"{p}_{m}": r.table.means()[p][m] for p in PRODUCTS for m in ("rank", "effective_rank")}}

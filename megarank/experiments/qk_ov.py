@@ -95,9 +95,9 @@ class Config:
 
 
 def run(cfg: Config, *, progress: bool = True) -> Result:
+    measure = perplexity_measure(tuple(cfg.eval_splits), batch_size=cfg.eval_batch_size, progress=False)
     results, missing = train_and_analyse(cfg.grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress,
-                                         measure=perplexity_measure(tuple(cfg.eval_splits), batch_size=cfg.eval_batch_size,
-                                                                    progress=False))
+                                         measure=measure)
     for r in results:
         _check_applied(r.record, float(r.values[cfg.qk_key]), float(r.values[WD_OV]))
     keys = setting_keys(cfg.grid)
@@ -130,8 +130,9 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                   checks=_checks(corners, costs, cfg, split),
                   summary={"cells": cells, "missing": missing, "d_head": d_head, "n_runs": len(results),
                            "compared": split, "ppl_cost": costs, "costlier": costlier},
-                  figures=[Figure("grid", f"{split.capitalize()} perplexity, mean rank of W_QᵀW_K and of W_O W_V per cell of "
-                                  "λ_qk × λ_ov (effective rank in brackets)", _figure(cells, d_head, split))],
+                  figures=[Figure("grid", f"{split.capitalize()} perplexity, mean rank of W_QᵀW_K and of W_O W_V "
+                                  "per cell of λ_qk × λ_ov (effective rank in brackets)",
+                                  _figure(cells, d_head, split))],
                   tables=[Table("cells", columns, [{k: c[k] if k != "seeds" else len(c[k]) for k in columns}
                                                    for c in rows],
                                 f"Every setting (means over seeds; ranks of d_head = {d_head}; perplexity over every "
