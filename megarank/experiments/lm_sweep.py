@@ -3,9 +3,13 @@ grid of optim.wd_attn × optim.wd_mlp × seeds; per cell the per-head rank of W_
 checkpoint, validation perplexity (the run's last validation record) and perplexity over every token of a
 held-out split (megarank-eval).
 
+The report lays λ_attn out by the total decay Σ lr·λ_attn over the run (megarank/optim/timescales.py, through
+the sweep's gather) and states at which total decay the mean QK and OV rank fall to half their value at the
+smallest λ_attn (interpolated linearly between the grid's cells; "not within the grid" when none is that low).
+
 The CPU default (configs/experiments/paper/lm_sweep.yaml) is chosen from the theory, not tuned on the result:
 decoupled decay shrinks a weight by exp(-Σ_t lr_t·λ), and the rank falls visibly only when that total is of
-order 1, so λ_attn reaches 3 over a few hundred steps of lr 1e-3. The 16×A100 preset
+order 1, so λ_attn spans a total decay of 0 to about 3 over a few hundred steps of lr 1e-3. The 16×A100 preset
 (lm_sweep_16xa100.yaml) runs the paper's grid with five seeds through the same grid, on a cluster:
 `megarank-sweep launch` writes the SLURM array, and this experiment with run_missing=false gathers it.
 """
@@ -22,8 +26,9 @@ from megarank.analysis.plots import COLORS, LABELS
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
 from megarank.experiments.report import Check, Figure, Result, Table, timescale_table
-from megarank.experiments.sweeps import (CellResult, by_setting, fmt_mean_std, mean_std, missing_markdown, monotone,
-                                         setting_keys, train_and_analyse)
+from megarank.experiments.sweeps import (CellResult, by_setting, fmt_mean_std, halving_point, mean_std,
+                                         missing_markdown, monotone, perplexity_measure, setting_keys, total_decay,
+                                         train_and_analyse)
 from megarank.sweep import GridConfig
 
 WD_ATTN, WD_MLP = "optim.wd_attn", "optim.wd_mlp"
@@ -31,7 +36,7 @@ WD_ATTN, WD_MLP = "optim.wd_attn", "optim.wd_mlp"
 
 def _default_grid() -> GridConfig:
     return GridConfig(base="configs/experiments/paper/lm_cpu.yaml", overrides=[],
-                      axes={WD_ATTN: [0.0, 1.0, 3.0], WD_MLP: [0.1, 3.0], "seed": [1234]},
+                      axes={WD_ATTN: [0.0, 3.0, 9.0], WD_MLP: [0.1, 3.0], "seed": [1234]},
                       run_root="runs/paper/lm-sweep/cells", nproc=1)
 
 
@@ -73,15 +78,9 @@ class Config:
 
 
 def run(cfg: Config, *, progress: bool = True) -> Result:
-    measure = None
-    if cfg.eval_split != "none":
-        from megarank.evaluation import evaluate_checkpoint
-
-        def measure(record: dict) -> dict:
-            result = evaluate_checkpoint(record["run_dir"], split=cfg.eval_split, batch_size=cfg.eval_batch_size,
-                                         progress=progress)
-            return {"eval_ppl": result["ppl"], "eval_loss": result["loss"], "eval_tokens": result["tokens"]}
-
+    measure = None if cfg.eval_split == "none" else perplexity_measure((cfg.eval_split,),
+                                                                       batch_size=cfg.eval_batch_size,
+                                                                       progress=progress)
     results, missing = train_and_analyse(cfg.grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress,
                                          measure=measure)
     keys = setting_keys(cfg.grid)
@@ -90,6 +89,7 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
     wd_mlp = sorted({c["wd_mlp"] for c in cells})
     ppl_key = "test_ppl" if cfg.eval_split == "test" else "val_ppl"
     checks = _checks(cells, wd_attn, wd_mlp, cfg, ppl_key)
+    halving = _halving(cells, wd_mlp)
     d_head = results[0].table.info.d_head
     layers = cfg.plot_layers or sorted({results[0].table.info.n_layers // 2, results[0].table.info.n_layers - 1})
     figures = [
@@ -97,12 +97,13 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                f"{', '.join(map(str, layers))}, one bar per wd_attn (wd_mlp {wd_mlp[0]:g}, seed "
                f"{results[0].values.get('seed', '-')})", _rank_per_head_figure(results, layers, wd_mlp[0])),
         Figure("rank_vs_wd_attn", "Mean rank (solid) and effective rank (dashed) over all heads and layers vs "
-               "wd_attn, one line per wd_mlp (error bars: std over seeds)", _rank_vs_wd(cells, wd_mlp, d_head)),
-        Figure("ppl_vs_wd_attn", f"{ppl_key.replace('_', ' ')} vs wd_attn, one line per wd_mlp",
+               "the total decay Σ lr·λ_attn (each point labelled with its λ_attn), one line per wd_mlp (error "
+               "bars: std over seeds)", _rank_vs_wd(cells, wd_mlp, d_head)),
+        Figure("ppl_vs_wd_attn", f"{ppl_key.replace('_', ' ')} vs Σ lr·λ_attn, one line per wd_mlp",
                _ppl_vs_wd(cells, wd_mlp, ppl_key)),
     ]
-    columns = ("wd_attn", "wd_mlp", "seeds", "val_ppl_mean", "val_ppl_std", "test_ppl_mean", "test_ppl_std",
-               "qk_rank_mean", "ov_rank_mean", "qk_effective_rank_mean", "ov_effective_rank_mean",
+    columns = ("wd_attn", "wd_mlp", "seeds", "total_decay_attn", "val_ppl_mean", "val_ppl_std", "test_ppl_mean",
+               "test_ppl_std", "qk_rank_mean", "ov_rank_mean", "qk_effective_rank_mean", "ov_effective_rank_mean",
                "qk_balance_mean", "ov_balance_mean")
     per_run = [{**r.values, "cell": r.record["cell"], "val_ppl": r.record.get("val_ppl"), **r.extra,
                 **{f"{p}_{m}": r.table.means()[p][m] for p in PRODUCTS for m in ("rank", "effective_rank")}}
@@ -111,13 +112,14 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
                     "Every setting: means (and stds) over seeds", in_report=False),
               Table("runs", tuple(per_run[0]), per_run, "Every run", in_report=False),
               timescale_table([r.record for r in results], list(cfg.grid.axes))]
-    markdown = _table1(cells, wd_attn, wd_mlp, ppl_key) + "\n\n" + _rank_table(cells, wd_attn, wd_mlp, d_head)
+    markdown = (_table1(cells, wd_attn, wd_mlp, ppl_key) + "\n\n" + _rank_table(cells, wd_attn, wd_mlp, d_head)
+                + "\n\n" + _halving_markdown(halving))
     if missing:
         markdown += "\n\n" + missing_markdown(missing)
     return Result(experiment="lm-sweep", title="Fig 3 (left) + Table 1: GPT over wd_attn × wd_mlp",
                   checks=checks,
                   summary={"cells": cells, "missing": missing, "perplexity": ppl_key, "d_head": d_head,
-                           "n_runs": len(results)},
+                           "n_runs": len(results), "halving": halving},
                   figures=figures, tables=tables, markdown=markdown)
 
 
@@ -129,8 +131,9 @@ def _cells(results: list[CellResult], keys: list[str], eval_split: str) -> list[
         cell = {"wd_attn": float(values[WD_ATTN]), "wd_mlp": float(values[WD_MLP]),
                 **{k: v for k, v in values.items() if k not in (WD_ATTN, WD_MLP)},
                 "seeds": [r.values.get("seed") for r in members]}
+        cell["total_decay_attn"] = mean_std([total_decay(r.record, "attn") for r in members])[0]
         cell["val_ppl_mean"], cell["val_ppl_std"] = mean_std([r.record.get("val_ppl") for r in members])
-        test = [r.extra.get("eval_ppl") for r in members] if eval_split == "test" else []
+        test = [r.extra.get("test_eval_ppl") for r in members] if eval_split == "test" else []
         cell["test_ppl_mean"], cell["test_ppl_std"] = mean_std(test)
         for product in PRODUCTS:
             for metric in ("rank", "effective_rank", "balance"):
@@ -180,18 +183,20 @@ def _table1(cells, wd_attn, wd_mlp, ppl_key: str) -> str:
     """The Table 1 analogue: one row per wd_attn, one column per wd_mlp, perplexity mean ± std over seeds."""
     lookup = {(c["wd_attn"], c["wd_mlp"]): c for c in cells}
     lines = [f"**Table 1 analogue: {ppl_key.replace('_', ' ')} (mean ± std over seeds)**", "",
-             "| λ_attn \\ λ_mlp | " + " | ".join(f"{m:g}" for m in wd_mlp) + " |", "|---|" + "---|" * len(wd_mlp)]
+             "| λ_attn (Σ lr·λ_attn) \\ λ_mlp | " + " | ".join(f"{m:g}" for m in wd_mlp) + " |",
+             "|---|" + "---|" * len(wd_mlp)]
     for a in wd_attn:
         row = [fmt_mean_std(lookup[(a, m)][f"{ppl_key}_mean"], lookup[(a, m)][f"{ppl_key}_std"])
                if (a, m) in lookup else "missing" for m in wd_mlp]
-        lines.append(f"| {a:g} | " + " | ".join(row) + " |")
+        lines.append(f"| {_attn_label(cells, a)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def _rank_table(cells, wd_attn, wd_mlp, d_head: int) -> str:
     lookup = {(c["wd_attn"], c["wd_mlp"]): c for c in cells}
     lines = [f"**Mean rank of W_QᵀW_K / W_O W_V (of d_head = {d_head}; effective rank in brackets)**", "",
-             "| λ_attn \\ λ_mlp | " + " | ".join(f"{m:g}" for m in wd_mlp) + " |", "|---|" + "---|" * len(wd_mlp)]
+             "| λ_attn (Σ lr·λ_attn) \\ λ_mlp | " + " | ".join(f"{m:g}" for m in wd_mlp) + " |",
+             "|---|" + "---|" * len(wd_mlp)]
     for a in wd_attn:
         row = []
         for m in wd_mlp:
@@ -199,7 +204,46 @@ def _rank_table(cells, wd_attn, wd_mlp, d_head: int) -> str:
             row.append("missing" if c is None else
                        f"{c['qk_rank_mean']:.1f} ({c['qk_effective_rank_mean']:.1f}) / "
                        f"{c['ov_rank_mean']:.1f} ({c['ov_effective_rank_mean']:.1f})")
-        lines.append(f"| {a:g} | " + " | ".join(row) + " |")
+        lines.append(f"| {_attn_label(cells, a)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _attn_label(cells: list[dict], wd_attn: float) -> str:
+    """'3 (0.99)': λ_attn and its total decay Σ lr·λ_attn over the run (the same at every wd_mlp)."""
+    total = next((c["total_decay_attn"] for c in cells if c["wd_attn"] == wd_attn), float("nan"))
+    return f"{wd_attn:g} ({total:.2f})" if math.isfinite(total) else f"{wd_attn:g}"
+
+
+def _decay_axis(cells: list[dict], wd_mlp: float) -> tuple[list[float], str]:
+    """The x values of this wd_mlp's cells in wd_attn order: Σ lr·λ_attn, or λ_attn where a cell lacks it."""
+    wd, totals = _column(cells, wd_mlp, "total_decay_attn")
+    if all(math.isfinite(t) for t in totals):
+        return totals, "total decay Σ lr·λ_attn over the run"
+    return wd, "λ_attn (optim.wd_attn)"
+
+
+def _halving(cells: list[dict], wd_mlp: list[float]) -> dict[str, dict[str, float | None]]:
+    """Per wd_mlp ('0.1': ...) and per product metric ('qk_rank', 'ov_effective_rank', ...): the Σ lr·λ_attn at
+    which its mean falls to half its value at the smallest λ_attn (None: not within the grid)."""
+    out = {}
+    for mlp in wd_mlp:
+        _, totals = _column(cells, mlp, "total_decay_attn")
+        out[f"{mlp:g}"] = {f"{p}_{m}": halving_point(totals, _column(cells, mlp, f"{p}_{m}_mean")[1])
+                           if all(math.isfinite(t) for t in totals) else None
+                           for p in PRODUCTS for m in ("rank", "effective_rank")}
+    return out
+
+
+def _halving_markdown(halving: dict[str, dict[str, float | None]]) -> str:
+    def at(value: float | None) -> str:
+        return "not within the grid" if value is None else f"Σ lr·λ_attn ≈ {value:.2f}"
+
+    lines = ["**Where the rank halves** (the total decay at which the mean rank falls to half its value at the "
+             "smallest λ_attn, interpolated linearly between cells):", ""]
+    for mlp, points in halving.items():
+        lines.append(f"- λ_mlp {mlp}: QK rank {at(points['qk_rank'])} (effective rank "
+                     f"{at(points['qk_effective_rank'])}); OV rank {at(points['ov_rank'])} (effective rank "
+                     f"{at(points['ov_effective_rank'])})")
     return "\n".join(lines)
 
 
@@ -240,14 +284,18 @@ def _rank_vs_wd(cells, wd_mlp, d_head: int):
     axes = fig.subplots(1, 2, sharey=True)
     for ax, product in zip(axes, PRODUCTS):
         for i, mlp in enumerate(wd_mlp):
-            xs, ranks = _column(cells, mlp, f"{product}_rank_mean")
+            xs, xlabel = _decay_axis(cells, mlp)
+            _, ranks = _column(cells, mlp, f"{product}_rank_mean")
             _, stds = _column(cells, mlp, f"{product}_rank_std")
             _, eff = _column(cells, mlp, f"{product}_effective_rank_mean")
             ax.errorbar(xs, ranks, yerr=[0 if not math.isfinite(s) else s for s in stds], marker="o",
                         color=f"C{i}", label=f"rank, λ_mlp {mlp:g}")
             ax.plot(xs, eff, "--", marker="s", color=f"C{i}", label=f"effective rank, λ_mlp {mlp:g}")
+            if i == 0:
+                for x, wd, rank in zip(xs, _column(cells, mlp, "wd_attn")[1], ranks):
+                    ax.annotate(f"λ {wd:g}", (x, rank), textcoords="offset points", xytext=(3, 4), fontsize="x-small")
         ax.axhline(d_head, color="gray", linestyle=":", linewidth=1, label=f"d_head = {d_head}")
-        ax.set_xlabel("λ_attn (optim.wd_attn)")
+        ax.set_xlabel(xlabel)
         ax.set_title(f"{LABELS[product]}: mean over layers and heads", color=COLORS[product])
     axes[0].set_ylabel("rank")
     axes[1].legend(fontsize="small")
@@ -260,11 +308,12 @@ def _ppl_vs_wd(cells, wd_mlp, ppl_key: str):
     fig = MplFigure(figsize=(5.5, 4), layout="constrained")
     ax = fig.subplots()
     for i, mlp in enumerate(wd_mlp):
-        xs, ppl = _column(cells, mlp, f"{ppl_key}_mean")
+        xs, xlabel = _decay_axis(cells, mlp)
+        _, ppl = _column(cells, mlp, f"{ppl_key}_mean")
         _, std = _column(cells, mlp, f"{ppl_key}_std")
         ax.errorbar(xs, ppl, yerr=[0 if not math.isfinite(s) else s for s in std], marker="o", color=f"C{i}",
                     label=f"λ_mlp {mlp:g}")
-    ax.set_xlabel("λ_attn (optim.wd_attn)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ppl_key.replace("_", " "))
     ax.legend(fontsize="small")
     return fig

@@ -48,6 +48,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("lm-sweep", "megarank.experiments.lm_sweep", "Fig 3 left + Table 1"),
     Experiment("qk-norm", "megarank.experiments.qk_norm", "QK-norm (2026 preprint)", beyond_paper=True),
     Experiment("plasticity", "megarank.experiments.plasticity", "Han et al. 2026, plasticity", beyond_paper=True),
+    Experiment("qk-ov", "megarank.experiments.qk_ov", "per-product decay: whose low rank costs perplexity",
+               beyond_paper=True),
+    Experiment("decay-off", "megarank.experiments.decay_off", "Jacobs, Zhou & Burkholz 2025, decay switched off",
+               beyond_paper=True),
 )
 NAMES: tuple[str, ...] = tuple(e.name for e in EXPERIMENTS)
 

@@ -61,6 +61,41 @@ def train_and_analyse(grid: GridConfig, *, run_missing: bool, rtol: float, progr
     return results, missing
 
 
+def perplexity_measure(splits: tuple[str, ...], *, batch_size: int, progress: bool) -> Callable[[dict], dict]:
+    """A `measure` for train_and_analyse: megarank-eval's perplexity of the cell's final checkpoint over every
+    token of each split, as '<split>_eval_ppl', '<split>_eval_loss' and '<split>_eval_tokens'."""
+    from megarank.evaluation import evaluate_checkpoint
+
+    def measure(record: dict) -> dict:
+        out = {}
+        for split in splits:
+            result = evaluate_checkpoint(record["run_dir"], split=split, batch_size=batch_size, progress=progress)
+            out |= {f"{split}_eval_ppl": result["ppl"], f"{split}_eval_loss": result["loss"],
+                    f"{split}_eval_tokens": result["tokens"]}
+        return out
+
+    return measure
+
+
+def total_decay(record: dict, group: str) -> float | None:
+    """Σ lr·λ over the cell's run of a decay group, from its gathered record (megarank/optim/timescales.py);
+    'qk' or 'ov' falls back to 'attn', the one group both products share while their decays are equal."""
+    for name in (group, "attn") if group in ("qk", "ov") else (group,):
+        if f"sum_lr_wd/{name}" in record:
+            return record[f"sum_lr_wd/{name}"]
+    return None
+
+
+def halving_point(xs: list[float], ys: list[float]) -> float | None:
+    """The x at which y first falls to half of ys[0], linearly interpolated between the grid's points (xs
+    rising); None when no point of the grid is at or below half."""
+    half = ys[0] / 2
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y1 <= half:  # y0 > half here (the previous pair did not stop), so y0 > y1
+            return x0 + (y0 - half) / (y0 - y1) * (x1 - x0)
+    return None
+
+
 def setting_keys(grid: GridConfig) -> list[str]:
     """The axes that define a setting: every axis but the seed."""
     return [key for key in grid.axes if key != SEED_KEY]

@@ -25,12 +25,13 @@ def test_config_path_is_one_rule():
     """paper/ for the paper's experiments, beyond/ for the others, '-' as '_'."""
     assert experiment("lm-sweep").config_path == "configs/experiments/paper/lm_sweep.yaml"
     assert experiment("qk-norm").config_path == "configs/experiments/beyond/qk_norm.yaml"
-    assert [e.name for e in EXPERIMENTS if e.beyond_paper] == ["qk-norm", "plasticity"]
-    assert not any(e.beyond_paper for e in EXPERIMENTS[:-2])  # the paper's first, so `make reproduce` runs them first
+    assert experiment("decay-off").config_path == "configs/experiments/beyond/decay_off.yaml"
+    assert [e.name for e in EXPERIMENTS if e.beyond_paper] == ["qk-norm", "plasticity", "qk-ov", "decay-off"]
+    assert not any(e.beyond_paper for e in EXPERIMENTS[:-4])  # the paper's first, so `make reproduce` runs them first
 
 
 def test_names_are_unique_and_are_the_cli_choices(capsys):
-    assert len(set(NAMES)) == len(NAMES) == 8
+    assert len(set(NAMES)) == len(NAMES) == 10
     with pytest.raises(SystemExit):
         main(["no-such-experiment"])
     err = capsys.readouterr().err

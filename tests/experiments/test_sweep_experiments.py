@@ -61,12 +61,26 @@ def test_lm_sweep_cells_average_their_runs(lm_sweep):
                 ranks.append(analyse(source, rtol=0.01, atol=1e-3, progress=False).means()["qk"]["rank"])
         assert cell["qk_rank_mean"] == pytest.approx(np.mean(ranks))
         assert cell["test_ppl_mean"] is None  # eval_split=val: no test column (NaN is null in strict JSON)
+        lr_sum = [sum(r["lr"] for r in read_metrics(run) if "loss" in r) for run in runs]
+        assert cell["total_decay_attn"] == pytest.approx(cell["wd_attn"] * np.mean(lr_sum))
     out = lm_sweep / "out"
     report = (out / "report.md").read_text()
-    assert "Table 1 analogue" in report and "| 2 |" in report
+    assert "Table 1 analogue" in report and "| 2 (" in report and "Where the rank halves" in report
     for name in ("rank_per_head", "rank_vs_wd_attn", "ppl_vs_wd_attn"):
         assert f"({name}.png)" in report and (out / f"{name}.png").stat().st_size > 1000
     assert {"cells.csv", "runs.csv"} <= {p.name for p in out.iterdir()}
+
+
+def test_lm_sweep_halving_from_its_cells(lm_sweep):
+    """summary.json's halving points against the interpolation over the cells' own total decays and ranks."""
+    from megarank.experiments.sweeps import halving_point
+
+    summary = json.loads((lm_sweep / "out" / "summary.json").read_text())
+    cells = sorted(summary["cells"], key=lambda c: c["wd_attn"])
+    totals = [c["total_decay_attn"] for c in cells]
+    assert totals[0] == 0 and totals[1] > 0
+    for key in ("qk_rank", "ov_rank", "qk_effective_rank", "ov_effective_rank"):
+        assert summary["halving"]["0.1"][key] == halving_point(totals, [c[f"{key}_mean"] for c in cells])
 
 
 def test_lm_sweep_eval_matches_megarank_eval(lm_sweep):
@@ -78,7 +92,7 @@ def test_lm_sweep_eval_matches_megarank_eval(lm_sweep):
     rows = list(csv.DictReader((lm_sweep / "out" / "runs.csv").open()))
     first = rows[0]
     direct = evaluate_checkpoint(lm_sweep / "cells" / first["cell"], split="val", batch_size=4, progress=False)
-    assert float(first["eval_ppl"]) == pytest.approx(direct["ppl"], rel=1e-9)
+    assert float(first["val_eval_ppl"]) == pytest.approx(direct["ppl"], rel=1e-9)
 
 
 def test_lm_sweep_gathers_without_the_missing_cell(lm_sweep, tmp_path):
@@ -153,8 +167,8 @@ def test_every_default_config_resolves():
 
     configs = experiment_configs()
     assert set(configs) == {"factorized", "scalar", "icl", "lm-sweep", "vit-sweep", "pretrained", "qk-norm",
-                            "plasticity"}
-    for name in ("lm-sweep", "vit-sweep", "qk-norm"):
+                            "plasticity", "qk-ov", "decay-off"}
+    for name in ("lm-sweep", "vit-sweep", "qk-norm", "qk-ov", "decay-off"):
         assert (REPO / configs[name].grid.base).is_file()
     assert (REPO / configs["plasticity"].base).is_file()
 
