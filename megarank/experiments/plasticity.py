@@ -8,7 +8,7 @@ weights (train.init_from: a fresh optimizer, schedule and data position, one rec
 embedded domain, English prose (megarank/data/pydoc_prose.py, tokenized with the pretrained run's tokenizer).
 Measured over every token of each val split (megarank-eval): code perplexity after pretraining, prose
 perplexity before and after fine-tuning, code perplexity after fine-tuning (forgetting); the per-head rank
-(megarank-rank) before and after fine-tuning; Σ lr·λ over pretraining from the logged learning rates.
+(megarank-rank) before and after fine-tuning; Σ lr·λ of attention over pretraining (optim/timescales.py).
 
 The CPU default (configs/experiments/beyond/plasticity.yaml) is chosen from the theory: decoupled decay shrinks
 a weight by exp(-Σ_t lr_t·λ) and the rank falls visibly when that total is of order 1, so the largest λ is
@@ -17,7 +17,6 @@ set to reach about 1 over the pretraining schedule.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from pathlib import Path
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
 from megarank.experiments.report import Check, Figure, Result, Table
-from megarank.experiments.sweeps import CellResult, mean_std, missing_markdown, monotone, train_and_analyse
+from megarank.experiments.sweeps import (CellResult, mean_std, missing_markdown, monotone, total_decay,
+                                         train_and_analyse)
 from megarank.sweep import GridConfig, expand
 from megarank.sweep.cells import FINISHED
 
@@ -104,17 +104,6 @@ def pretrain_tokenizer(grid: GridConfig) -> tuple[Path, Path]:
     return built.tokenizer_path, built.train_dir.parent
 
 
-def total_decay(run_dir: str | Path, wd: float) -> float:
-    """Σ_t lr_t·λ over the run, from the learning rate metrics.jsonl logs (every step when log_every is 1)."""
-    lrs = {}
-    with open(Path(run_dir) / "metrics.jsonl") as records:
-        for line in records:
-            record = json.loads(line)
-            if "lr" in record and "step" in record:
-                lrs[record["step"]] = record["lr"]  # a resumed run logs a step again: the last record counts
-    return wd * float(sum(lrs.values()))
-
-
 def run(cfg: Config, *, progress: bool = True) -> Result:
     from megarank.data.pydoc_prose import ensure_prose_dataset
     from megarank.evaluation import evaluate_checkpoint
@@ -176,7 +165,7 @@ def _trained(grid: GridConfig, cfg: Config, progress: bool) -> tuple[list[CellRe
 def _row(wd: float, seed: int, pre: CellResult, tuned: CellResult, ppl, code: Path, prose: Path) -> dict:
     """One pretrain + fine-tune pair's numbers."""
     before, after = pre.table.means(), tuned.table.means()
-    return {"wd": float(wd), "seed": seed, "total_decay": total_decay(pre.record["run_dir"], wd),
+    return {"wd": float(wd), "seed": seed, "total_decay": total_decay(pre.record, "attn"),
             "code_ppl": ppl(pre.record["run_dir"], code), "prose_ppl_before": ppl(pre.record["run_dir"], prose),
             "prose_ppl": ppl(tuned.record["run_dir"]), "code_ppl_after": ppl(tuned.record["run_dir"], code),
             **{f"{p}_{m}": before[p][m] for p in PRODUCTS for m in ("rank", "effective_rank", "balance")},

@@ -25,9 +25,9 @@ import numpy as np
 from megarank.analysis.plots import COLORS, LABELS
 from megarank.analysis.spectra import PRODUCTS
 from megarank.errors import MegarankError
-from megarank.experiments.plasticity import total_decay
 from megarank.experiments.report import Check, Figure, Result, Table
-from megarank.experiments.sweeps import by_setting, mean_std, missing_markdown, setting_keys, train_and_analyse
+from megarank.experiments.sweeps import (by_setting, mean_std, missing_markdown, setting_keys, total_decay,
+                                         train_and_analyse)
 from megarank.sweep import GridConfig
 
 WD_ATTN, QK_NORM = "optim.wd_attn", "model.qk_norm"
@@ -76,7 +76,7 @@ def run(cfg: Config, *, progress: bool = True) -> Result:
 
     def measure(record: dict) -> dict:
         result = evaluate_checkpoint(record["run_dir"], split="val", batch_size=cfg.eval_batch_size, progress=False)
-        return {"val_ppl": result["ppl"], "total_decay": total_decay(record["run_dir"], record[WD_ATTN])}
+        return {"val_ppl": result["ppl"], "total_decay": total_decay(record, "attn")}
 
     results, missing = train_and_analyse(cfg.grid, run_missing=cfg.run_missing, rtol=cfg.rtol, progress=progress,
                                          measure=measure)

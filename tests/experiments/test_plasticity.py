@@ -113,14 +113,3 @@ def test_gathering_lists_a_missing_fine_tune(plasticity, tmp_path):
     assert summary["missing"] == ["finetune/wd2/seed3"] and [r["wd"] for r in summary["rows"]] == [0.0]
     assert not (tmp_path / "cells" / "finetune" / "wd2").exists()
     assert "Missing cells" in (tmp_path / "out" / "report.md").read_text()
-
-
-def test_total_decay_counts_each_step_once(tmp_path):
-    """Σ lr·λ from metrics.jsonl against the sum written by hand: a step logged again after a resume counts once
-    (its last record), records without lr (validation) count nothing."""
-    from megarank.experiments.plasticity import total_decay
-
-    records = [{"step": 1, "lr": 1e-3}, {"step": 2, "lr": 2e-3}, {"step": 2, "val_ppl": 9.0},
-               {"step": 2, "lr": 3e-3}, {"step": 3, "lr": 4e-3}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert total_decay(tmp_path, 2.0) == pytest.approx(2.0 * (1e-3 + 3e-3 + 4e-3))
