@@ -39,7 +39,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "megarank-train=megarank.cli:train_main",
+            "megarank-train=megarank.cli:train_process",
             "megarank-rank=megarank.analysis.cli:main",
             "megarank-eval=megarank.evaluation.cli:main",
             "megarank-ckpt=megarank.ckpt.cli:main",

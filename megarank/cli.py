@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import warnings
 
 
@@ -30,6 +31,19 @@ def _close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def train_process() -> None:
+    """The training process's entry (`megarank-train`, `python -m megarank.train`, what launchers start on every
+    rank): train_main, then the process ends at once with its exit status, output flushed and every file closed.
+    Skipping the interpreter's shutdown is deliberate: with several processes, a C++ thread of the communication
+    stack still joinable there aborts a finished run ('terminate called without an active exception', exit -6),
+    even after the process group was torn down."""
+    code = train_main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def train_main(argv: list[str] | None = None) -> int:

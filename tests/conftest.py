@@ -7,7 +7,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# `make test` runs two workers on two cores and launches training processes beside them: one OpenMP thread per
+# process (the launched ones get it from tests/helpers.py clean_env), or each process's spinning threads wait
+# on the others' (docs/testing.md, "Speed").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 from tests.file_order import weight
 from tests.runs import LaunchedRuns
