@@ -15,7 +15,9 @@ model.mlp, model.n_kv_heads, model.qk_norm, model.ffn_multiple under SwiGLU, and
 positions: the same weights would load into another function, or fail to load with a traceback), the sequence length, the training data and its tokenizer, the seed (the saved data position would
 point at other samples), optim.decoupled (AdamW against Adam + L2 is another update rule, not another decay:
 the saved Adam moments of an L2 run hold the decay's gradient, those of an AdamW run do not, so neither run's
-statistics continue the other's), and the optimizer's group layout (one attn group, or qk and ov when W_Q, W_K and
+statistics continue the other's), Adam's optim.beta1, beta2 and eps (DeepSpeed loads them back from the saved
+optimizer state, where the loop resets only the learning rate and the decay each step: a new value would show in
+config.yaml while the old one kept running), and the optimizer's group layout (one attn group, or qk and ov when W_Q, W_K and
 W_V, W_O decay differently, optim/groups.py: DeepSpeed's ZeRO 1-3 flatten each group's tensors, and optimizer
 state saved under one layout cannot be loaded into another; train.init_from starts a new run from the weights
 with a fresh optimizer). Each is refused in one line naming the key and the saved value, before the checkpoint
@@ -38,7 +40,7 @@ _GPT_KEYS = ("n_layers", "d_model", "n_heads", "ffn_dim", "vocab_size", "seq_len
              "bias", "tie_embeddings", "norm_eps", *_BLOCK_KEYS)
 _VIT_KEYS = ("n_layers", "d_model", "n_heads", "ffn_dim", "image_size", "patch_size", "in_channels", "n_classes",
              "pooling", "patch_embed", "position", "bias", "norm_eps", *_BLOCK_KEYS)
-_OPTIM_KEYS = ("decoupled",)
+_OPTIM_KEYS = ("decoupled", "beta1", "beta2", "eps")
 # data_identity keys (TokenShards.tokenizer_sha256 / content_sha256 of the training shards), tokenizer first:
 # re-tokenized data changes both, and the tokenizer is the more useful thing to name
 _DATA_KEYS = {"tokenizer_sha256": "data made with tokenizer sha256", "train_sha256": "training shards with sha256"}

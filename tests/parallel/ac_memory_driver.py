@@ -1,4 +1,4 @@
-"""Test driver: one training step (forward, backward) of an 8-layer, 256-wide GPT at seq 512, micro batch 8,
+"""Test driver: one training step (forward, backward) of an 8-layer, 256-wide GPT at seq 256, micro batch 8,
 under activation checkpointing MODE, at the TP size of the launch (1 process: plain python; 2: a launcher);
 rank 0 writes the growth of its peak resident memory over the step, and the loss, as JSON to OUT. Run with
 glibc's mmap threshold pinned low (MALLOC_MMAP_THRESHOLD_) so freed activations go back to the OS at once and
@@ -24,10 +24,10 @@ out, mode = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 world = init_distributed()
 layout = build_layout(world.world_size)  # all processes are TP ranks
 torch.manual_seed(0)
-model = GPT(ModelConfig(n_layers=8, d_model=256, n_heads=8, seq_len=512, vocab_size=256)).train()
+model = GPT(ModelConfig(n_layers=8, d_model=256, n_heads=8, seq_len=256, vocab_size=256)).train()
 rng = apply_tensor_parallel(model, layout, seed=0, device=world.device)
 apply_activation_checkpointing(model, mode, 2, rng)
-x = torch.randint(0, 256, (8, 512), generator=torch.Generator().manual_seed(1))
+x = torch.randint(0, 256, (8, 256), generator=torch.Generator().manual_seed(1))
 model(x[:1, :8], x[:1, :8]).backward()  # warm up allocator and kernels on a tiny batch
 model.zero_grad(set_to_none=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

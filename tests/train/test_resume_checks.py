@@ -4,7 +4,7 @@ steps 4 and 8).
 A changed train.global_batch continues from the samples consumed: through the task, the sequences of the
 resumed steps equal the straight run's at the same sampler positions; in a real run the logged and saved
 consumed_samples continue across the resume. Settings that cannot continue (sequence length, model shape or
-function, optim.decoupled, the optimizer's decay-group layout, training data, tokenizer) are refused against the reference's real completion marker
+function, optim.decoupled, Adam's betas and eps, the optimizer's decay-group layout, training data, tokenizer) are refused against the reference's real completion marker
 (and the same marker stripped to what the landed main wrote), and through megarank-train in one line with
 exit 2; the unchanged settings, model.rope_base under learned positions (unused there), and a changed weight
 decay or decay schedule that keeps the group layout (applied from the resume step: tests/train/test_decay_resume.py),
@@ -74,6 +74,8 @@ def test_doubled_global_batch_resume_continues_consumed_samples(reference_run, t
     # a schedule on one product only (a constant one scales nothing, so splits nothing)
     ("optim.wd_schedule=step optim.wd_schedule_groups=[ov]", "saved its optimizer with one attn group; this run splits it"),
     ("optim.decoupled=false", "trained with optim.decoupled=true; this run has false"),
+    ("optim.beta2=0.99", "trained with optim.beta2=0.95; this run has 0.99"),
+    ("optim.eps=1e-6", "trained with optim.eps=1e-08; this run has 1e-06"),
 ])
 @pytest.mark.parametrize("marker", ["as written", "as the landed main wrote it"])
 def test_shape_function_decay_and_seed_changes_are_refused(reference_run, tmp_path, override, expected, marker):
