@@ -36,9 +36,9 @@ def _close_process_group() -> None:
 def train_process() -> None:
     """The training process's entry (`megarank-train`, `python -m megarank.train`, what launchers start on every
     rank): train_main, then the process ends at once with its exit status, output flushed and every file closed.
-    Skipping the interpreter's shutdown is deliberate: with several processes, a C++ thread of the communication
-    stack still joinable there aborts a finished run ('terminate called without an active exception', exit -6),
-    even after the process group was torn down."""
+    Skipping the interpreter's shutdown is deliberate: a rank of a finished multi-process run was seen to abort
+    there ('terminate called without an active exception', exit -6) after the process group was torn down,
+    failing a run whose checkpoints and records were complete."""
     code = train_main()
     logging.shutdown()
     sys.stdout.flush()

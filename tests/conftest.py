@@ -9,7 +9,7 @@ from pathlib import Path
 
 # `make test` runs two workers on two cores and launches training processes beside them: one OpenMP thread per
 # process (the launched ones get it from tests/helpers.py clean_env), or each process's spinning threads wait
-# on the others' (docs/testing.md, "Speed").
+# on the others' (docs/testing.md, "How it stays fast on 2 cores").
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
