@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from megarank.experiments.cli import main as exp_main
+from tests.experiments.grids import run_grid_experiment
 from tests.helpers import TINY, read_metrics
 
 OFF_AFTER = 3
@@ -22,18 +22,13 @@ OFF_AFTER = 3
 @pytest.fixture(scope="module")
 def decay_off(tiny_corpus, tmp_path_factory) -> Path:
     """wd_schedule ∈ {constant, step} at λ_attn 2, 6 steps, off after step 3; returns the root."""
-    root = tmp_path_factory.mktemp("decay_off")
-    config = root / "decay_off.yaml"
-    config.write_text(yaml.safe_dump({
-        "grid": {"base": "configs/default.yaml",
-                 "overrides": [*TINY, f"data.path={tiny_corpus}", "train.max_steps=6", "analysis.every=1",
-                               "checkpoint.every=0", "optim.wd_attn=2.0", f"optim.wd_schedule_start={OFF_AFTER}",
-                               "optim.wd_final_ratio=0", "optim.wd_schedule_groups=[attn]"],
-                 "axes": {"optim.wd_schedule": ["constant", "step"], "seed": [5]},
-                 "run_root": str(root / "cells"), "nproc": 1},
-        "out_dir": str(root / "out"), "eval_batch_size": 4}))
-    assert exp_main(["decay-off", "--config", str(config), "--no-progress"]) == 0
-    return root
+    return run_grid_experiment(
+        "decay-off", tmp_path_factory.mktemp("decay_off"),
+        [*TINY, f"data.path={tiny_corpus}", "train.max_steps=6", "analysis.every=1", "checkpoint.every=0",
+         "optim.wd_attn=2.0", f"optim.wd_schedule_start={OFF_AFTER}", "optim.wd_final_ratio=0",
+         "optim.wd_schedule_groups=[attn]"],
+        {"optim.wd_schedule": ["constant", "step"], "seed": [5]},
+        eval_batch_size=4)
 
 
 def test_runs_are_read_directly(decay_off):

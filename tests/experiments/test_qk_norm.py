@@ -10,26 +10,20 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from megarank.experiments.cli import main as exp_main
+from tests.experiments.grids import run_grid_experiment
 from tests.helpers import LLAMA_TINY, read_metrics
 
 
 @pytest.fixture(scope="module")
 def qk_norm(tiny_corpus, tmp_path_factory) -> Path:
     """λ_attn ∈ {0, 2} × qk_norm ∈ {false, true}, 3 steps a cell; returns the root."""
-    root = tmp_path_factory.mktemp("qk_norm")
-    config = root / "qk.yaml"
-    config.write_text(yaml.safe_dump({
-        "grid": {"base": "configs/default.yaml",
-                 "overrides": [*LLAMA_TINY, f"data.path={tiny_corpus}", "train.max_steps=3", "analysis.every=0",
-                               "checkpoint.every=0"],
-                 "axes": {"optim.wd_attn": [0.0, 2.0], "model.qk_norm": [False, True], "seed": [5]},
-                 "run_root": str(root / "cells"), "nproc": 1},
-        "out_dir": str(root / "out"), "eval_batch_size": 4, "rank_drop_min": 0.0}))
-    assert exp_main(["qk-norm", "--config", str(config), "--no-progress"]) == 0
-    return root
+    return run_grid_experiment(
+        "qk-norm", tmp_path_factory.mktemp("qk_norm"),
+        [*LLAMA_TINY, f"data.path={tiny_corpus}", "train.max_steps=3", "analysis.every=0", "checkpoint.every=0"],
+        {"optim.wd_attn": [0.0, 2.0], "model.qk_norm": [False, True], "seed": [5]},
+        eval_batch_size=4, rank_drop_min=0.0)
 
 
 def test_cells_are_their_runs_measured_directly(qk_norm):
